@@ -1,0 +1,5 @@
+"""Errors of the backbone package: unknown names, bad options and unusable weights files."""
+
+
+class BackboneError(ValueError):
+    """A user-fixable problem with a backbone name, option or weights file (one-line message)."""

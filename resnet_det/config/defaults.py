@@ -1,0 +1,226 @@
+"""The typed schema of every config: defaults, types and what each key means.
+
+A YAML recipe in ``configs/`` states only what differs from these defaults (through ``_base_``
+inheritance); ``load_config`` merges it onto the schema, so a misspelt key or a value of the wrong
+type is an error naming the key, not a silently ignored line.
+"""
+
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional
+
+
+@dataclass
+class BackboneConfig:
+    name: str = "r50"  # any registered model name: r18..r152, plain*, cifar_r*, or a user's
+    # "imagenet" (torchvision's weights through the torch.hub cache), a .pth state dict, an MSRA
+    # .pkl, or a checkpoint of tools/train_cls.py; null = random initialisation.
+    weights: Optional[str] = None
+    norm: str = "frozen_bn"  # bn | frozen_bn | gn | syncbn
+    freeze_at: int = 2  # 0 = train all; 1 = freeze the stem; k = stem and res2..res<k>
+    shortcut: Optional[str] = None  # A | B | C; null = the model's default (B ImageNet, A CIFAR)
+    # null = follow the weights (True for MSRA .pkl, False for torchvision), else False.
+    stride_in_1x1: Optional[bool] = None
+
+
+@dataclass
+class InputFormatConfig:
+    """How images are normalised; null values follow what the loaded weights record."""
+
+    channel_order: Optional[str] = None  # RGB | BGR
+    pixel_mean: Optional[List[float]] = None  # 0..255 scale, in channel_order
+    pixel_std: Optional[List[float]] = None
+
+
+@dataclass
+class AnchorConfig:
+    # One tuple of sizes per feature map: C4 uses one map, FPN one per level (p2..p6).
+    sizes: List[List[int]] = field(default_factory=lambda: [[32, 64, 128, 256, 512]])
+    aspect_ratios: List[float] = field(default_factory=lambda: [0.5, 1.0, 2.0])
+
+
+@dataclass
+class RPNConfig:
+    pre_nms_topk_train: int = 12000
+    pre_nms_topk_test: int = 6000
+    post_nms_topk_train: int = 2000
+    post_nms_topk_test: int = 300  # the paper's 300 proposals per image at test time
+    nms_thresh: float = 0.7
+    fg_iou_thresh: float = 0.7
+    bg_iou_thresh: float = 0.3
+    batch_size_per_image: int = 256
+    positive_fraction: float = 0.5
+
+
+@dataclass
+class RoIHeadsConfig:
+    pooler: str = "roi_align"  # roi_align | roi_pool (the paper's)
+    pooler_resolution: int = 14  # C4: 14 then res5 strides to 7; FPN: 7
+    sampling_ratio: int = 0
+    batch_size_per_image: int = 512
+    positive_fraction: float = 0.25
+    fg_iou_thresh: float = 0.5
+    bg_iou_thresh: float = 0.5
+    score_thresh: float = 0.05
+    nms_thresh: float = 0.5
+    detections_per_image: int = 100
+    fc_dim: int = 1024  # FPN's 2-fc box head
+
+
+@dataclass
+class ModelConfig:
+    head: str = "c4"  # c4 (the paper's design) | fpn
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    input: InputFormatConfig = field(default_factory=InputFormatConfig)
+    anchors: AnchorConfig = field(default_factory=AnchorConfig)
+    rpn: RPNConfig = field(default_factory=RPNConfig)
+    roi_heads: RoIHeadsConfig = field(default_factory=RoIHeadsConfig)
+    fpn_channels: int = 256
+    num_classes: Optional[int] = None  # null = from the training dataset (without background)
+
+
+@dataclass
+class CustomDatasetConfig:
+    """A user's own data in COCO format: an images folder and an instances json."""
+
+    images: str = "???"
+    annotations: str = "???"
+
+
+@dataclass
+class DatasetsConfig:
+    root: Optional[str] = None  # null = $RESNET_DET_DATASETS or ./datasets
+    train: List[str] = field(default_factory=lambda: ["shapes_train"])
+    test: List[str] = field(default_factory=lambda: ["shapes_val"])
+    # Extra COCO-format datasets registered by name, usable in train/test: no code needed.
+    custom: Dict[str, CustomDatasetConfig] = field(default_factory=dict)
+    # What to do with each kind of bad record: fix (and count), skip (and count), or stop.
+    bad_boxes: str = "skip"  # zero/negative size or non-finite boxes
+    boxes_outside: str = "fix"  # clipped to the image
+    unknown_category: str = "stop"
+    missing_image: str = "stop"
+    corrupt_image: str = "stop"
+    use_difficult: bool = False  # VOC: train on `difficult` objects too
+
+
+@dataclass
+class DetInputConfig:
+    min_size_train: List[int] = field(default_factory=lambda: [600])  # several = multi-scale
+    max_size_train: int = 1000
+    min_size_test: int = 600
+    max_size_test: int = 1000
+    hflip_prob: float = 0.5
+
+
+@dataclass
+class DataLoaderConfig:
+    num_workers: int = 2
+    aspect_ratio_grouping: bool = True
+    pin_memory: bool = True  # used on GPU only
+
+
+@dataclass
+class SolverConfig:
+    base_lr: float = 0.001
+    # The batch size that base_lr is given for; lr scales linearly when the batch differs
+    # (Goyal et al.): lr = base_lr * batch_size / reference_batch_size.
+    reference_batch_size: int = 8
+    batch_size: int = 8  # images per iteration, over all processes
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    max_iter: int = 320000
+    steps: List[int] = field(default_factory=lambda: [240000])  # lr divided by `gamma` at each
+    gamma: float = 0.1
+    warmup_iters: int = 1000
+    warmup_factor: float = 0.001
+    clip_grad_norm: Optional[float] = None
+    nonfinite_loss: str = "stop"  # stop | skip (drop that step and go on)
+
+
+@dataclass
+class TrainConfig:
+    output_dir: str = "output/run"
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    amp: bool = False  # mixed precision (bf16 on GPU where supported, else fp16)
+    seed: int = 0
+    deterministic: bool = False
+    checkpoint_period: int = 5000
+    max_checkpoints_kept: int = 3
+    eval_period: int = 0  # 0 = evaluate only at the end
+    log_period: int = 20
+    channels_last: bool = True  # on GPU
+    collective_timeout_s: int = 600  # a dead torchrun worker stops the others after this
+
+
+@dataclass
+class TestConfig:
+    batch_size: int = 2
+    metric: Optional[str] = None  # coco | voc07 | voc10; null = by dataset
+    fold_frozen_bn: bool = True  # fast path: fold frozen BN into the convolutions for inference
+
+
+@dataclass
+class DetectionConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    datasets: DatasetsConfig = field(default_factory=DatasetsConfig)
+    input: DetInputConfig = field(default_factory=DetInputConfig)
+    dataloader: DataLoaderConfig = field(default_factory=DataLoaderConfig)
+    solver: SolverConfig = field(default_factory=SolverConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    test: TestConfig = field(default_factory=TestConfig)
+
+
+@dataclass
+class ClsModelConfig:
+    name: str = "cifar_r20"
+    num_classes: Optional[int] = None  # null = from the dataset
+    shortcut: Optional[str] = None
+    stride_in_1x1: Optional[bool] = None
+    zero_init_residual: bool = False
+    norm: str = "bn"
+    weights: Optional[str] = None  # start from these weights (same forms as the detector's)
+
+
+@dataclass
+class ClsDataConfig:
+    dataset: str = "shapes"  # shapes | cifar10 | imagenet | folder
+    root: Optional[str] = None  # null = $RESNET_DET_DATASETS or ./datasets; `folder`: the folder
+    train_split: str = "train"
+    val_split: str = "val"
+    holdout_val: bool = False  # CIFAR-10: the paper's 45k/5k train/val split from the train set
+    skip_bad_images: bool = False  # skip unreadable images with a count, instead of stopping
+
+
+@dataclass
+class ClsInputConfig:
+    """Augmentation: `cifar` (pad 4 + crop + flip) or `imagenet` (scale aug + crop + flip + colour)."""
+
+    augment: str = "cifar"
+    crop_size: int = 32
+    scale_range: List[int] = field(default_factory=lambda: [256, 480])  # imagenet: shorter side
+    test_resize: int = 256  # imagenet: shorter side before the centre / 10 crops
+    color_jitter: float = 0.4
+    pixel_mean: List[float] = field(default_factory=lambda: [123.675, 116.28, 103.53])
+    pixel_std: List[float] = field(default_factory=lambda: [58.395, 57.12, 57.375])
+    ten_crop_test: bool = False
+
+
+@dataclass
+class ClsSolverConfig(SolverConfig):
+    base_lr: float = 0.1
+    reference_batch_size: int = 128
+    batch_size: int = 128
+    max_iter: int = 64000
+    steps: List[int] = field(default_factory=lambda: [32000, 48000])
+    warmup_iters: int = 0
+    warmup_factor: float = 0.1  # the paper's 0.01 warm-up for CIFAR nets of 110 layers and deeper
+    epochs: Optional[int] = None  # set to count in epochs: max_iter and steps become epochs
+
+
+@dataclass
+class ClassificationConfig:
+    model: ClsModelConfig = field(default_factory=ClsModelConfig)
+    data: ClsDataConfig = field(default_factory=ClsDataConfig)
+    input: ClsInputConfig = field(default_factory=ClsInputConfig)
+    dataloader: DataLoaderConfig = field(default_factory=DataLoaderConfig)
+    solver: ClsSolverConfig = field(default_factory=ClsSolverConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)

@@ -1,0 +1,28 @@
+"""Installs the two packages of resnet-det: `backbones` (the ResNet family) and `resnet_det` (detection).
+
+Dependencies are pinned in requirements.txt (installed by `make venv`); the ranges here only say
+what the code needs, so that the package also installs into an existing environment.
+"""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="resnet-det",
+    version="0.1.0",
+    description="Faster R-CNN on the residual networks of He et al. (2015): train, fine-tune, evaluate.",
+    packages=find_packages(include=["backbones", "backbones.*", "resnet_det", "resnet_det.*"]),
+    python_requires=">=3.10",
+    install_requires=[
+        "torch>=2.1",
+        "torchvision>=0.16",
+        "numpy",
+        "opencv-python-headless",
+        "pycocotools",
+        "omegaconf>=2.3",
+        "PyYAML",
+        "tqdm",
+        "tensorboard",
+        "matplotlib",
+    ],
+    extras_require={"test": ["pytest", "pytest-timeout", "hypothesis"]},
+)
