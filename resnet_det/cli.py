@@ -28,3 +28,59 @@ def main_guard(main):
             sys.exit(130)
 
     return wrapper
+
+
+def add_training_args(parser) -> None:
+    """The flags that tools/train_det.py and tools/train_cls.py share."""
+    parser.add_argument("--config", metavar="FILE", help="YAML recipe (see configs/); flags and overrides apply on top")
+    parser.add_argument("--output", metavar="DIR", help="run folder: checkpoints, config.yaml, metrics.jsonl, tb/")
+    parser.add_argument("--resume", action="store_true", help="continue the run in --output from its last checkpoint")
+    parser.add_argument("--device", help="auto | cpu | cuda | cuda:N (default: auto)")
+    parser.add_argument("--amp", action="store_true", help="mixed precision (bf16 autocast; fp16 + grad scaling on older GPUs)")
+    parser.add_argument("--max-iter", type=int, metavar="N", help="stop after N iterations")
+    parser.add_argument(
+        "--batch-size", type=int, metavar="N", help="images per iteration over all processes; the lr scales linearly"
+    )
+    parser.add_argument("--lr", type=float, help="learning rate for the batch size in use (disables the linear scaling)")
+    parser.add_argument("--weights", help="starting weights: imagenet | a .pth state dict | an MSRA .pkl | a train_cls.py checkpoint")
+    parser.add_argument("--data-root", metavar="DIR", help="datasets folder (default: $RESNET_DET_DATASETS or ./datasets)")
+    parser.add_argument("--seed", type=int, help="random seed (default: the config's)")
+    parser.add_argument(
+        "opts", nargs="*", metavar="KEY=VALUE", help="overrides of any config key, e.g. solver.checkpoint_period=500"
+    )
+
+
+def training_overrides(args, weights_key: str, data_root_key: str) -> list:
+    """Turn the shared flags into ``key=value`` overrides (applied before the positional ones)."""
+    from resnet_det.errors import ConfigError
+
+    if args.resume and args.weights:
+        raise ConfigError(
+            "--resume continues from the run's own checkpoint, so --weights would be ignored: drop one of them"
+        )
+    out = []
+    if args.output:
+        out.append(f"train.output_dir={args.output}")
+    if args.device:
+        out.append(f"train.device={args.device}")
+    if args.amp:
+        out.append("train.amp=true")
+    if args.max_iter is not None:
+        if args.max_iter <= 0:
+            raise ConfigError(f"--max-iter {args.max_iter}: give a positive number of iterations")
+        out.append(f"solver.max_iter={args.max_iter}")
+    if args.batch_size is not None:
+        if args.batch_size <= 0:
+            raise ConfigError(f"--batch-size {args.batch_size}: give a positive number of images")
+        out.append(f"solver.batch_size={args.batch_size}")
+    if args.lr is not None:
+        # An explicit lr is the lr to use: make the scaling rule an identity.
+        out.append(f"solver.base_lr={args.lr}")
+        out.append(f"solver.reference_batch_size=${{solver.batch_size}}")
+    if args.weights:
+        out.append(f"{weights_key}={args.weights}")
+    if args.data_root:
+        out.append(f"{data_root_key}={args.data_root}")
+    if args.seed is not None:
+        out.append(f"train.seed={args.seed}")
+    return out

@@ -84,24 +84,43 @@ def _merge_checked(schema: DictConfig, data, source: str) -> DictConfig:
         raise ConfigError(f"{source}: key '{key}': {msg}{hint}") from None
 
 
+def _key_exists(cfg: DictConfig, key: str) -> bool:
+    node = cfg
+    for part in key.split("."):
+        if not isinstance(node, DictConfig) or part not in node.keys():
+            return False
+        node = node._get_node(part)
+    return True
+
+
+def _under_free_mapping(cfg: DictConfig, key: str) -> bool:
+    """True when the nearest existing ancestor of ``key`` is a mapping that takes new keys
+    (such as ``datasets.custom``), so the new entry is checked by the merge, not refused here."""
+    parts = key.split(".")
+    for n in range(len(parts) - 1, 0, -1):
+        node = OmegaConf.select(cfg, ".".join(parts[:n]), default=None)
+        if isinstance(node, DictConfig):
+            return node._metadata.object_type in (dict, None)
+    return False
+
+
 def apply_overrides(cfg: DictConfig, overrides: Sequence[str], source: str = "command line") -> DictConfig:
     """Apply ``key=value`` strings (values parsed as YAML) to a structured config."""
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"{source}: override '{item}' is not key=value (e.g. solver.base_lr=0.01)")
         key, value = item.split("=", 1)
-        if OmegaConf.select(cfg, key, default="__absent__") == "__absent__":
-            parent = key.rsplit(".", 1)[0] if "." in key else ""
-            node = OmegaConf.select(cfg, parent) if parent else cfg
-            dynamic = isinstance(node, DictConfig) and node._metadata.object_type in (dict, None)
-            if not dynamic:
-                raise ConfigError(f"{source}: config key '{key}' does not exist{_close_matches(cfg, key)}")
+        if not _key_exists(cfg, key) and not _under_free_mapping(cfg, key):
+            raise ConfigError(f"{source}: config key '{key}' does not exist{_close_matches(cfg, key)}")
         try:
             parsed = yaml.safe_load(value) if value != "" else ""
         except yaml.YAMLError:
             parsed = value
+        nested = parsed
+        for part in reversed(key.split(".")):
+            nested = {part: nested}
         try:
-            OmegaConf.update(cfg, key, parsed, merge=True)
+            cfg = OmegaConf.merge(cfg, nested)
         except OmegaConfBaseException as e:
             raise ConfigError(f"{source}: {key}={value}: {str(e).splitlines()[0]}") from None
     return cfg

@@ -132,6 +132,7 @@ class SolverConfig:
     gamma: float = 0.1
     warmup_iters: int = 1000
     warmup_factor: float = 0.001
+    warmup_method: str = "linear"  # linear (ramp from warmup_factor) | constant (the paper's CIFAR-110 warm-up)
     clip_grad_norm: Optional[float] = None
     nonfinite_loss: str = "stop"  # stop | skip (drop that step and go on)
 
@@ -212,8 +213,12 @@ class ClsSolverConfig(SolverConfig):
     max_iter: int = 64000
     steps: List[int] = field(default_factory=lambda: [32000, 48000])
     warmup_iters: int = 0
-    warmup_factor: float = 0.1  # the paper's 0.01 warm-up for CIFAR nets of 110 layers and deeper
-    epochs: Optional[int] = None  # set to count in epochs: max_iter and steps become epochs
+    warmup_factor: float = 0.1  # with warmup_method constant and 400 iters: the paper's 0.01 warm-up (110+ layers)
+    warmup_method: str = "constant"
+    # Count in epochs instead (ImageNet recipe): when set, max_iter and steps are derived from
+    # epochs and step_epochs with the training set's size.
+    epochs: Optional[int] = None
+    step_epochs: List[int] = field(default_factory=list)
 
 
 @dataclass

@@ -1,0 +1,64 @@
+"""Batched inference over a test loader, producing COCO-format detections.
+
+The test loader hands each process its own shard of the images (resized once, in the workers);
+the model returns boxes in the resized frame, which are mapped back to the original image here.
+Under ``torchrun`` the shards are gathered on every rank, so rank 0 can evaluate them all.
+"""
+
+from typing import Dict, Iterable, List, Mapping
+
+import torch
+from tqdm import tqdm
+
+from resnet_det.engine import distributed as dist_utils
+
+
+def detections_to_coco(
+    output: Mapping[str, torch.Tensor], info: Mapping, label_to_category_id: Mapping[int, int]
+) -> List[Dict]:
+    """One image's model output (resized frame) -> COCO results in the original image's frame."""
+    boxes = output["boxes"].float().cpu() / float(info["scale"])
+    h, w = info["orig_size"]
+    boxes[:, 0::2] = boxes[:, 0::2].clamp(0, w)
+    boxes[:, 1::2] = boxes[:, 1::2].clamp(0, h)
+    xywh = torch.cat([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], dim=1).tolist()
+    scores = output["scores"].float().cpu().tolist()
+    labels = output["labels"].cpu().tolist()
+    return [
+        {
+            "image_id": int(info["image_id"]),
+            "category_id": int(label_to_category_id[int(label)]),
+            "bbox": [round(v, 3) for v in box],
+            "score": round(float(score), 5),
+        }
+        for box, score, label in zip(xywh, scores, labels)
+    ]
+
+
+def run_inference(
+    model: torch.nn.Module,
+    loader: Iterable,
+    label_to_category_id: Mapping[int, int],
+    device: torch.device,
+    progress: bool = True,
+) -> List[Dict]:
+    """Detections of ``model`` on every image of ``loader`` (all ranks' shards, gathered)."""
+    model.eval()
+    non_blocking = device.type == "cuda"
+    results: List[Dict] = []
+    bar = tqdm(
+        loader,
+        desc="inference",
+        unit="batch",
+        disable=not progress or not dist_utils.is_main_process(),
+        dynamic_ncols=True,
+    )
+    with torch.inference_mode():
+        for images, infos in bar:
+            images = [im.to(device, non_blocking=non_blocking) for im in images]
+            for output, info in zip(model(images), infos):
+                results.extend(detections_to_coco(output, info, label_to_category_id))
+    if dist_utils.get_world_size() > 1:
+        results = [d for part in dist_utils.all_gather_object(results) for d in part]
+    results.sort(key=lambda d: (d["image_id"], -d["score"]))
+    return results
