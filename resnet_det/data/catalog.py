@@ -1,0 +1,193 @@
+"""The dataset registry: names -> functions that read a dataset into records; the built-ins.
+
+A name is all a config needs (``datasets.train: [voc_0712_trainval]``); where the files live is
+decided by the data root: an explicit ``root`` (``--data-root`` / ``cfg.datasets.root``), else the
+``RESNET_DET_DATASETS`` environment variable, else ``./datasets``. Built in, in the standard
+layouts under the root: ``coco_2017_{train,val}`` (``coco/{train2017,val2017}``,
+``coco/annotations/instances_*2017.json``), ``voc_2007_{trainval,test}``, ``voc_2012_trainval``,
+``voc_0712_trainval`` (``VOCdevkit/VOC2007|VOC2012``) and ``shapes_{train,val}`` (generated).
+A user's COCO-format data is registered by ``register_coco_instances``, or from the config's
+``datasets.custom`` by ``register_from_config``.
+
+``get_dataset`` returns ``(records, metadata)`` as the "Dataset records" contract of
+docs/architecture.md says, after the bad-record policies of ``sanitize.py``; what they fixed or
+skipped is in ``metadata["sanitize_counts"]`` (a ``SanitizeReport``: a dict of counts with a
+``summary()`` line and ``to_dict()`` for ``data_report.json``).
+"""
+
+import os
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+from resnet_det.data.coco import load_coco_json
+from resnet_det.data.sanitize import BadRecordPolicy, RecordSanitizer
+from resnet_det.data.shapes import DETECTION_IMAGES, ensure_shapes_detection
+from resnet_det.data.voc import VOC_CLASSES, load_voc_split
+from resnet_det.errors import DatasetError
+
+DATASETS_ENV = "RESNET_DET_DATASETS"
+
+# loader_fn(root, sanitizer) -> (records, metadata read from the files, e.g. class_names).
+LoaderFn = Callable[[Path, RecordSanitizer], Tuple[List[dict], dict]]
+
+_REGISTRY: Dict[str, Tuple[LoaderFn, dict]] = {}
+
+
+def dataset_root(root: Optional[os.PathLike] = None) -> Path:
+    """The folder that holds the datasets: ``root``, else ``$RESNET_DET_DATASETS``, else ``./datasets``."""
+    return Path(root or os.environ.get(DATASETS_ENV) or "datasets").expanduser()
+
+
+def register_dataset(name: str, loader_fn: LoaderFn, **metadata) -> None:
+    """Register ``loader_fn(root, sanitizer) -> (records, metadata)`` under ``name``.
+
+    ``metadata`` given here (e.g. ``evaluator="voc"``) is merged over what the loader returns.
+    The loader should call ``sanitizer.unknown_category`` for boxes of categories it cannot map;
+    everything else (ids, files, boxes) is checked on its records afterwards.
+    """
+    if name in _REGISTRY:
+        raise DatasetError(f"dataset name '{name}' is already registered; choose another name")
+    _REGISTRY[name] = (loader_fn, metadata)
+
+
+def list_datasets() -> List[str]:
+    return sorted(_REGISTRY)
+
+
+def get_dataset(name: str, root: Optional[os.PathLike] = None, policy=None) -> Tuple[List[dict], dict]:
+    """Read dataset ``name`` under the data root; bad records are handled by ``policy``: a
+    ``BadRecordPolicy``, or ``cfg.datasets`` itself; None = the schema's defaults."""
+    if name not in _REGISTRY:
+        raise DatasetError(
+            f"unknown dataset '{name}'; known: {', '.join(list_datasets())} "
+            "(add your own COCO-format data under datasets.custom in the config)"
+        )
+    loader_fn, registered = _REGISTRY[name]
+    if policy is None:
+        policy = BadRecordPolicy.default()
+    elif not isinstance(policy, BadRecordPolicy):
+        policy = BadRecordPolicy.from_config(policy)
+    sanitizer = RecordSanitizer(policy)
+    records, found = loader_fn(dataset_root(root), sanitizer)
+    metadata = {"name": name, **found, **registered}
+    records = sanitizer.clean(records, len(metadata["class_names"]), metadata.get("annotations_file", name))
+    metadata["sanitize_counts"] = sanitizer.report
+    return records, metadata
+
+
+def get_datasets(names: Sequence[str], root: Optional[os.PathLike] = None, policy=None) -> Tuple[List[dict], dict]:
+    """Several datasets with the same classes as one (e.g. ``datasets.train``); the metadata is the
+    first dataset's, with ``name`` joined by ``+`` and the sanitize reports merged."""
+    if not names:
+        raise DatasetError("no dataset named: list at least one in datasets.train / datasets.test")
+    records, metadata = get_dataset(names[0], root, policy)
+    for name in names[1:]:
+        more, meta = get_dataset(name, root, policy)
+        if meta["class_names"] != metadata["class_names"]:
+            raise DatasetError(
+                f"datasets {metadata['name']} and {name} have different classes; train on datasets that share them"
+            )
+        records = records + more
+        metadata["sanitize_counts"].merge(meta["sanitize_counts"])
+        metadata["name"] = f"{metadata['name']}+{name}"
+    return records, metadata
+
+
+def require_path(path: Path, what: str, fix: str, is_dir: bool = False) -> None:
+    """Raise ``DatasetError("<what> not found: <path>; <fix>")`` when ``path`` is absent."""
+    if not (path.is_dir() if is_dir else path.is_file()):
+        raise DatasetError(f"{what} not found: {path}; {fix} (or set --data-root / {DATASETS_ENV})")
+
+
+def register_coco_instances(name: str, images_dir: os.PathLike, annotations_json: os.PathLike) -> None:
+    """Register a user's COCO-format dataset (paths absolute or relative to the working directory).
+
+    Registering the same name with the same files again is a no-op, so a config can be applied
+    twice in one process (train, then evaluate).
+    """
+    images_dir, annotations_json = Path(images_dir).resolve(), Path(annotations_json).resolve()
+    files = {"annotations_file": str(annotations_json), "images_dir": str(images_dir)}
+    if name in _REGISTRY and all(_REGISTRY[name][1].get(k) == v for k, v in files.items()):
+        return
+
+    def load(root: Path, sanitizer: RecordSanitizer):
+        fix = f"fix datasets.custom.{name}"
+        if not annotations_json.is_file():
+            raise DatasetError(f"annotations of dataset '{name}' not found: {annotations_json}; {fix}.annotations")
+        if not images_dir.is_dir():
+            raise DatasetError(f"images of dataset '{name}' not found: {images_dir}; {fix}.images")
+        return load_coco_json(annotations_json, images_dir, sanitizer)
+
+    register_dataset(name, load, **files)
+
+
+def register_from_config(datasets_cfg) -> None:
+    """Register every ``datasets.custom: {name: {images, annotations}}`` entry of a config."""
+    for name, entry in datasets_cfg.custom.items():
+        register_coco_instances(name, entry.images, entry.annotations)
+
+
+def _coco_2017(split: str) -> LoaderFn:
+    def load(root: Path, sanitizer: RecordSanitizer):
+        coco = root / "coco"
+        annotations = coco / "annotations" / f"instances_{split}2017.json"
+        images = coco / f"{split}2017"
+        require_path(annotations, "COCO annotations", f"download the COCO 2017 annotations and unzip them into {coco}/")
+        require_path(images, "COCO images", f"download {split}2017.zip and unzip it into {coco}/", is_dir=True)
+        return load_coco_json(annotations, images, sanitizer)
+
+    return load
+
+
+# What to download for each VOC (year, image set), for the "not found" message.
+_VOC_ARCHIVES = {
+    ("2007", "trainval"): "VOCtrainval_06-Nov-2007.tar",
+    ("2007", "test"): "VOCtest_06-Nov-2007.tar",
+    ("2012", "trainval"): "VOCtrainval_11-May-2012.tar",
+}
+
+
+def _voc(splits: Sequence[Tuple[str, str]]) -> LoaderFn:
+    """A loader of the concatenated (year, image set) splits; ``year``, ``voc_root`` and
+    ``image_set`` in the metadata are the last split's."""
+
+    def load(root: Path, sanitizer: RecordSanitizer):
+        records = []
+        for year, image_set in splits:
+            voc_root = root / "VOCdevkit" / f"VOC{year}"
+            archive = _VOC_ARCHIVES[year, image_set]
+            fix = f"download {archive} and extract it into {root}/ (it creates VOCdevkit/VOC{year})"
+            require_path(voc_root / "ImageSets" / "Main" / f"{image_set}.txt", f"VOC{year} {image_set}", fix)
+            records += load_voc_split(voc_root, image_set, sanitizer)
+        metadata = {
+            "class_names": list(VOC_CLASSES),
+            "label_to_category_id": {i: i for i in range(1, len(VOC_CLASSES) + 1)},
+            "evaluator": "voc",
+            "year": year,
+            "voc_root": str(voc_root.resolve()),
+            "image_set": image_set,
+        }
+        return records, metadata
+
+    return load
+
+
+def _shapes(split: str) -> LoaderFn:
+    def load(root: Path, sanitizer: RecordSanitizer):
+        folder = ensure_shapes_detection(root)
+        annotations = folder / "annotations" / f"instances_{split}.json"
+        if not annotations.is_file():
+            raise DatasetError(f"{annotations} is missing: {folder} is incomplete; delete it to generate it again")
+        return load_coco_json(annotations, folder / split, sanitizer)
+
+    return load
+
+
+for _split in ("train", "val"):
+    register_dataset(f"coco_2017_{_split}", _coco_2017(_split))
+register_dataset("voc_2007_trainval", _voc([("2007", "trainval")]))
+register_dataset("voc_2007_test", _voc([("2007", "test")]))
+register_dataset("voc_2012_trainval", _voc([("2012", "trainval")]))
+register_dataset("voc_0712_trainval", _voc([("2007", "trainval"), ("2012", "trainval")]))
+for _split in DETECTION_IMAGES:
+    register_dataset(f"shapes_{_split}", _shapes(_split))

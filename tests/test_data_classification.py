@@ -1,0 +1,157 @@
+"""Classification data: image folders, CIFAR-10 batches, the paper's transforms, loaders."""
+
+import numpy as np
+import pytest
+import torch
+from data_fixtures import classification_cfg, make_cifar, make_image_folder, write_image
+
+from resnet_det.data import build_classification_loaders
+from resnet_det.data import classification as cls
+from resnet_det.errors import ConfigError, DatasetError
+
+MEAN, STD = [100.0, 110.0, 120.0], [50.0, 60.0, 70.0]
+
+
+def _take(loader, n):
+    it = iter(loader)
+    return [next(it) for _ in range(n)]
+
+
+def test_image_folder_lists_classes_in_name_order(tmp_path):
+    make_image_folder(tmp_path / "train", {"zebra": 2, "ant": 3})
+    (tmp_path / "train" / "ant" / "notes.txt").write_text("not an image")
+    write_image(tmp_path / "train" / "ant" / "nested" / "x.JPEG", 8, 8)
+    paths, labels, classes = cls.image_folder(tmp_path / "train")
+    assert classes == ["ant", "zebra"]
+    assert labels.tolist() == [0, 0, 0, 0, 1, 1]
+    assert all("/ant/" in p for p in paths[:4]) and paths[3].endswith("nested/x.JPEG")
+
+
+def test_image_folder_errors_name_the_folder(tmp_path):
+    make_image_folder(tmp_path / "train", {"cat": 1})
+    (tmp_path / "train" / "dog").mkdir()
+    with pytest.raises(DatasetError, match=rf"class folder {tmp_path}/train/dog has no images .*remove the folder"):
+        cls.image_folder(tmp_path / "train")
+    with pytest.raises(DatasetError, match=rf"image folder not found: {tmp_path}/val; put the images in {tmp_path}/"):
+        cls.image_folder(tmp_path / "val")
+
+
+def test_cifar_batches_are_decoded_channel_major(tmp_path):
+    make_cifar(tmp_path, per_batch=6)
+    images, labels, names = cls.load_cifar10(tmp_path, train=True)
+    assert images.shape == (30, 32, 32, 3) and images.dtype == np.uint8
+    assert images[4, 31, 0].tolist() == [4, 100, 200]  # R from the first 1024 bytes, then G, then B
+    assert labels.tolist() == list(range(6)) * 5 and names[0] == "airplane" and len(names) == 10
+    assert len(cls.load_cifar10(tmp_path, train=False)[0]) == 6
+
+
+def test_missing_or_damaged_cifar_says_what_to_do(tmp_path):
+    message = rf"CIFAR-10 not found: .*; put the python version \(cifar-10-batches-py/\) under {tmp_path}/cifar10/"
+    with pytest.raises(DatasetError, match=message):
+        cls.load_cifar10(tmp_path, train=True)
+    folder = make_cifar(tmp_path)
+    (folder / "data_batch_3").write_bytes(b"\x80\x04garbage")
+    with pytest.raises(DatasetError, match="data_batch_3 is not a CIFAR-10 python batch"):
+        cls.load_cifar10(tmp_path, train=True)
+
+
+def test_holdout_split_is_fixed_and_disjoint():
+    train, val = cls.holdout_split(50, 5)
+    assert len(train) == 45 and len(val) == 5 and not set(train) & set(val)
+    assert np.array_equal(val, cls.holdout_split(50, 5)[1])
+
+
+def test_cifar_holdout_takes_validation_from_the_training_batches(tmp_path, monkeypatch):
+    make_cifar(tmp_path, per_batch=10)
+    monkeypatch.setattr(cls, "CIFAR10_HOLDOUT", 5)
+    cfg = classification_cfg("data.dataset=cifar10", f"data.root={tmp_path}", "data.holdout_val=true")
+    train, val, names = cls.build_classification_datasets(cfg)
+    assert (len(train), len(val), len(names)) == (45, 5, 10)
+    with pytest.raises(ConfigError, match="data.holdout_val applies to cifar10 only"):
+        cls.build_classification_datasets(classification_cfg("data.dataset=shapes", "data.holdout_val=true"))
+
+
+def test_cifar_train_transform_pads_crops_flips_and_normalises():
+    image = np.full((32, 32, 3), 200, np.uint8)
+    transform = cls.CifarTrainTransform(32, MEAN, STD)
+    outs = [transform(image, np.random.default_rng(s)) for s in range(20)]
+    assert all(o.shape == (3, 32, 32) and o.dtype == torch.float32 for o in outs)
+    assert outs[0][:, 16, 16].tolist() == pytest.approx([2.0, 1.5, 80 / 70])  # (200 - mean) / std
+    padded = [(o[0] == -2.0).sum().item() for o in outs]  # zero padding normalises to -mean/std
+    assert max(padded) > 0 and min(padded) < max(padded)
+    assert torch.equal(transform(image, np.random.default_rng(3)), outs[3])
+
+
+def test_imagenet_train_transform_scales_crops_and_changes_colour():
+    image = np.random.default_rng(0).integers(0, 256, (30, 40, 3)).astype(np.uint8)
+    transform = cls.ImageNetTrainTransform(16, [20, 28], 0.4, MEAN, STD)
+    a, b = transform(image, np.random.default_rng(1)), transform(image, np.random.default_rng(2))
+    assert a.shape == b.shape == (3, 16, 16) and not torch.equal(a, b)
+    assert torch.equal(a, transform(image, np.random.default_rng(1)))
+    flat = np.full((30, 40, 3), 128, np.uint8)
+    jittered = cls.ImageNetTrainTransform(16, [20, 20], 0.4, [0, 0, 0], [1, 1, 1])(flat, np.random.default_rng(5))
+    assert not torch.allclose(jittered, torch.full_like(jittered, 128.0))
+
+
+def test_ten_crop_is_corners_centre_and_their_flips():
+    image = np.arange(10 * 12 * 3, dtype=np.uint8).reshape(10, 12, 3)
+    crops = cls.TenCropTransform(None, 6, [0, 0, 0], [1, 1, 1])(image)
+    assert crops.shape == (10, 3, 6, 6)
+    as_hwc = torch.from_numpy(image).permute(2, 0, 1).float()
+    assert torch.equal(crops[0], as_hwc[:, :6, :6]) and torch.equal(crops[3], as_hwc[:, 4:, 6:])
+    assert torch.equal(crops[4], as_hwc[:, 2:8, 3:9])
+    assert torch.equal(crops[5:], crops[:5].flip(-1))
+    centre = cls.CenterCropTransform(None, 6, [0, 0, 0], [1, 1, 1])(image)
+    assert torch.equal(centre, crops[4])
+
+
+def test_unknown_augmentation_is_a_config_error():
+    with pytest.raises(ConfigError, match="input.augment=autoaugment is not known"):
+        cls.build_classification_transforms(classification_cfg("input.augment=autoaugment").input)
+
+
+def test_folder_loaders_batch_resume_and_shard(tmp_path):
+    make_image_folder(tmp_path / "train", {"a": 5, "b": 4})
+    make_image_folder(tmp_path / "val", {"a": 2, "b": 3})
+    cfg = classification_cfg("data.dataset=folder", f"data.root={tmp_path}", "input.crop_size=8", "solver.batch_size=4")
+    train, val, names = build_classification_loaders(cfg)
+    assert names == ["a", "b"]
+    batches = _take(train, 6)
+    images, labels = batches[0]
+    assert images.shape == (4, 3, 8, 8) and images.dtype == torch.float32 and labels.dtype == torch.int64
+    resumed = _take(build_classification_loaders(cfg, start_iter=4)[0], 2)
+    assert all(torch.equal(x[0], y[0]) and torch.equal(x[1], y[1]) for x, y in zip(resumed, batches[4:]))
+    assert [labels.tolist() for _, labels in val] == [[0, 0, 1, 1], [1]]
+    shard = build_classification_loaders(cfg, rank=1, world_size=2)[1]
+    assert [labels.tolist() for _, labels in shard] == [[1, 1]]
+
+
+def test_shapes_loaders_generate_the_dataset(tmp_path):
+    cfg = classification_cfg(f"data.root={tmp_path}", "solver.batch_size=8")
+    train, val, names = build_classification_loaders(cfg)
+    assert names == ["circle", "rectangle", "triangle"] and (tmp_path / "shapes_cls").is_dir()
+    images, labels = next(iter(train))
+    assert images.shape == (8, 3, 32, 32) and set(labels.tolist()) <= {0, 1, 2}
+    assert len(val.dataset) == 600
+
+
+def test_missing_imagenet_and_folder_root_are_explained(tmp_path):
+    with pytest.raises(DatasetError, match=rf"ImageNet not found: {tmp_path}/imagenet/train; put the ILSVRC2012"):
+        build_classification_loaders(classification_cfg("data.dataset=imagenet", f"data.root={tmp_path}"))
+    with pytest.raises(ConfigError, match="data.dataset=folder needs data.root"):
+        build_classification_loaders(classification_cfg("data.dataset=folder"))
+
+
+def test_unreadable_images_stop_or_are_skipped(tmp_path):
+    make_image_folder(tmp_path / "train", {"a": 3, "b": 3})
+    make_image_folder(tmp_path / "val", {"a": 1, "b": 1})
+    (tmp_path / "train" / "a" / "1.png").write_bytes(b"")
+    (tmp_path / "val" / "b" / "0.png").write_bytes(b"\x89PNG broken")
+    base = ["data.dataset=folder", f"data.root={tmp_path}", "input.crop_size=8", "solver.batch_size=6"]
+    train, _, _ = build_classification_loaders(classification_cfg(*base))
+    with pytest.raises(DatasetError, match=r"cannot decode image .*/a/1.png .*or set data.skip_bad_images=true"):
+        next(iter(train))
+    train, val, _ = build_classification_loaders(classification_cfg(*base, "data.skip_bad_images=true"))
+    images, labels = next(iter(train))
+    assert images.shape[0] == 6  # the unreadable image was replaced
+    assert [labels.tolist() for _, labels in val] == [[0]]  # the unreadable one is left out
