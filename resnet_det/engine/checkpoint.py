@@ -1,0 +1,260 @@
+"""Crash-safe checkpoints: atomic writes, ``last_checkpoint``, pruning, and corrupt-file fallback.
+
+Every file is written to a temporary name in its own folder, flushed to disk and renamed over the
+target, so a reader sees either the old file or the complete new one, never half of one: a run
+killed mid-save, or a disk that fills up, leaves the previous checkpoint usable for ``--resume``.
+"""
+
+import contextlib
+import errno
+import logging
+import os
+import random
+import re
+import secrets
+from pathlib import Path
+from typing import IO, Any, Dict, Iterator, List, Optional
+
+import numpy as np
+import torch
+
+from resnet_det.errors import CheckpointError, ConfigError
+
+__all__ = [
+    "atomic_write_bytes",
+    "atomic_write_text",
+    "atomic_torch_save",
+    "capture_rng_state",
+    "restore_rng_state",
+    "Checkpointer",
+]
+
+logger = logging.getLogger(__name__)
+
+LAST_CHECKPOINT = "last_checkpoint"
+FINAL_CHECKPOINT = "model_final.pth"
+_PERIODIC = re.compile(r"^model_(\d{7,})\.pth$")
+# Temporary files of _atomic_open for checkpoints, with the writer's process id.
+_CHECKPOINT_TMP = re.compile(r"^\.model_(\d{7,}|final)\.pth\.(\d+)\.[0-9a-f]+\.tmp$")
+# What a periodic checkpoint must hold to be resumed; anything less counts as corrupt.
+# (model_final.pth holds only model, iteration, config and meta.)
+RESUME_KEYS = ("model", "optimizer", "scheduler", "iteration", "rng")
+
+
+def _fix_for(err: OSError) -> str:
+    if err.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
+        return "free space or choose another --output"
+    if err.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return "make the folder writable or choose another --output"
+    return "check the folder or choose another --output"
+
+
+def _fsync_dir(folder: Path) -> None:
+    # Makes the rename itself durable. Best effort: some filesystems (and Windows) cannot open or
+    # fsync a directory, and by now the new file is already complete under its final name.
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def _atomic_open(path: os.PathLike, previous: str) -> Iterator[IO]:
+    """Yield a temporary file beside ``path`` that replaces ``path`` only once fully on disk."""
+    path = Path(path)
+    tmp: Optional[str] = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # Not tempfile.mkstemp: its files are private (0600); this one honours the umask like open().
+        tmp = str(path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+        with os.fdopen(fd, "wb") as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        tmp = None
+    except OSError as e:
+        reason = e.strerror or str(e)
+        raise CheckpointError(f"cannot write {path}: {reason}; {_fix_for(e)}; {previous}") from e
+    finally:
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+    _fsync_dir(path.parent)
+
+
+def atomic_write_bytes(path: os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically; on failure the previous file is left as it was."""
+    with _atomic_open(path, "the previous file is intact") as f:
+        f.write(data)
+
+
+def atomic_write_text(path: os.PathLike, text: str) -> None:
+    """Write ``text`` (UTF-8) to ``path`` atomically; on failure the previous file is left as it was."""
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_torch_save(obj: Any, path: os.PathLike) -> None:
+    """``torch.save`` straight into a temporary file (no second copy in memory), then rename."""
+    with _atomic_open(path, "the previous checkpoint is intact") as f:
+        torch.save(obj, f)
+
+
+def capture_rng_state() -> Dict[str, Any]:
+    """The state of every random generator training draws from, so a resumed run draws the same."""
+    return {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+    }
+
+
+def restore_rng_state(state: Dict[str, Any]) -> None:
+    """Inverse of :func:`capture_rng_state`; CUDA states are restored for the GPUs present."""
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    cuda = state.get("cuda")
+    if cuda and torch.cuda.is_available():
+        for index, cuda_state in enumerate(cuda[: torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(cuda_state, index)
+
+
+class Checkpointer:
+    """Saves ``model_{iteration:07d}.pth`` files in ``output_dir`` and finds the newest good one.
+
+    ``last_checkpoint`` (a text file) names the newest complete checkpoint; it is rewritten only
+    after that checkpoint is on disk. Only the newest ``max_keep`` periodic checkpoints are kept
+    (``None`` keeps all); ``model_final.pth`` is never pruned. With ``is_main=False`` (ranks other
+    than 0) nothing is written, but loading works so every rank can resume.
+    """
+
+    def __init__(self, output_dir: os.PathLike, max_keep: Optional[int] = 3, is_main: bool = True):
+        if max_keep is not None and max_keep < 1:
+            raise ConfigError(
+                f"train.max_checkpoints_kept={max_keep}: keep at least 1 checkpoint, or the run cannot be resumed"
+            )
+        self.output_dir = Path(output_dir)
+        self.max_keep = max_keep
+        self.is_main = is_main
+
+    def path_for(self, iteration: int) -> Path:
+        return self.output_dir / f"model_{iteration:07d}.pth"
+
+    def periodic_checkpoints(self) -> List[Path]:
+        """The ``model_NNNNNNN.pth`` files present, oldest first (by iteration, not by mtime)."""
+        if not self.output_dir.is_dir():
+            return []
+        found = [(int(m.group(1)), p) for p in self.output_dir.iterdir() if (m := _PERIODIC.match(p.name))]
+        return [p for _, p in sorted(found)]
+
+    def save(self, iteration: int, state: Dict[str, Any]) -> Path:
+        """Write ``state`` (plus ``iteration``) as the checkpoint of ``iteration``; return its path."""
+        path = self.path_for(iteration)
+        if not self.is_main:
+            return path
+        atomic_torch_save({**state, "iteration": iteration}, path)
+        atomic_write_text(self.output_dir / LAST_CHECKPOINT, path.name + "\n")
+        self._prune(keep=path)
+        return path
+
+    def save_final(self, state: Dict[str, Any]) -> Path:
+        """Write ``model_final.pth``: the finished model, kept however many checkpoints are pruned."""
+        path = self.output_dir / FINAL_CHECKPOINT
+        if self.is_main:
+            atomic_torch_save(state, path)
+        return path
+
+    def _prune(self, keep: Path) -> None:
+        # Half-written files of a process killed while saving (each as large as a checkpoint).
+        for path in self.output_dir.iterdir():
+            m = _CHECKPOINT_TMP.match(path.name)
+            if m and int(m.group(2)) != os.getpid():
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+        if self.max_keep is None:
+            return
+        # Only files older than the one just written: after a fallback from a corrupt checkpoint,
+        # a newer stale file is overwritten when training reaches its iteration again.
+        older = self.periodic_checkpoints()
+        older = older[: older.index(keep)] if keep in older else older
+        for path in older[: max(len(older) - (self.max_keep - 1), 0)]:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+
+    def latest(self) -> Optional[Path]:
+        """The checkpoint ``last_checkpoint`` names (or the newest file present if it names none)."""
+        marker = self.output_dir / LAST_CHECKPOINT
+        if marker.is_file():
+            name = marker.read_text().strip()
+            if name:
+                return self.output_dir / name
+        present = self.periodic_checkpoints()
+        return present[-1] if present else None
+
+    def has_checkpoint(self) -> bool:
+        """Whether a run already left checkpoints here (periodic or final)."""
+        return self.latest() is not None or (self.output_dir / FINAL_CHECKPOINT).is_file()
+
+    def load(self, path: os.PathLike, map_location: Any = "cpu") -> Dict[str, Any]:
+        """Load one of our files (``model_*.pth``, periodic or final); a missing, truncated or
+        foreign file is a CheckpointError."""
+        path = Path(path)
+        if not path.is_file():
+            raise CheckpointError(f"checkpoint {path} does not exist; give the path of a model_*.pth file")
+        try:
+            # weights_only=False: our own checkpoints hold Python and NumPy RNG states, which the
+            # safe unpickler refuses. Only files this module wrote are loaded this way, never
+            # downloaded weights (backbones.weights loads those with weights_only=True).
+            state = torch.load(path, map_location=map_location, weights_only=False)
+        except Exception as e:  # torch raises RuntimeError, EOFError, UnpicklingError, ... for damage
+            reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise CheckpointError(
+                f"checkpoint {path} is corrupt ({reason}); delete it to resume from an older one"
+            ) from e
+        if not isinstance(state, dict) or "model" not in state:
+            raise CheckpointError(f"{path} holds no model weights; give a model_*.pth file written by training")
+        return state
+
+    def load_latest(self, map_location: Any = "cpu") -> Optional[Dict[str, Any]]:
+        """The newest checkpoint that loads; falls back to older ones past missing or corrupt files.
+
+        Returns ``None`` (with a warning if checkpoints were present) when none of them loads.
+        """
+        newest = self.latest()
+        if newest is None:
+            return None
+        older = [p for p in self.periodic_checkpoints() if _iteration_of(p) < _iteration_of(newest)]
+        candidates = [newest] + older[::-1]
+        for i, path in enumerate(candidates):
+            try:
+                state = self.load(path, map_location)
+                missing = [k for k in RESUME_KEYS if k not in state]
+                if missing:
+                    raise CheckpointError(f"checkpoint {path} cannot be resumed (it lacks {', '.join(missing)})")
+            except CheckpointError as e:
+                fallback = candidates[i + 1] if i + 1 < len(candidates) else None
+                then = f"resuming from {fallback} instead" if fallback else "no older checkpoint to resume from"
+                logger.warning("%s; %s", _without_fix(str(e)), then)
+                continue
+            return state
+        return None
+
+
+def _iteration_of(path: Path) -> int:
+    m = _PERIODIC.match(path.name)
+    return int(m.group(1)) if m else -1
+
+
+def _without_fix(message: str) -> str:
+    # CheckpointError messages end with advice for the user ("; delete it ..."); when falling back
+    # automatically that advice is moot, and the warning says what happens instead.
+    return message.rsplit("; ", 1)[0]

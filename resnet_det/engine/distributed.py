@@ -1,0 +1,169 @@
+"""Multi-process training under ``torchrun``: process group setup, rank helpers and collectives.
+
+One process per device. Without torchrun's environment (``RANK``, ``WORLD_SIZE``,
+``LOCAL_RANK``) everything here works as a single process, so the same code runs everywhere.
+Collectives carry a timeout so that a worker that dies or hangs makes the others fail with an
+error instead of waiting forever.
+"""
+
+import datetime
+import os
+from dataclasses import dataclass
+from typing import Any, Dict, List, Mapping, Union
+
+import torch
+import torch.distributed as dist
+
+from resnet_det.errors import ConfigError, TrainingError
+
+__all__ = [
+    "DistInfo",
+    "resolve_device",
+    "init_distributed",
+    "per_process_batch_size",
+    "is_main_process",
+    "get_rank",
+    "get_world_size",
+    "barrier",
+    "all_gather_object",
+    "reduce_dict",
+    "all_reduce_max",
+    "cleanup",
+]
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    """Where this process stands: its global and node-local rank, the process count, its device."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def resolve_device(spec: str, local_rank: int = 0) -> torch.device:
+    """``train.device`` as a device: "auto" (a GPU if there is one), "cpu", "cuda" or "cuda:N".
+
+    "auto" and "cuda" pick GPU ``local_rank``, the one torchrun gives this process.
+    """
+    if spec == "auto":
+        spec = "cuda" if torch.cuda.is_available() else "cpu"
+    if spec == "cpu":
+        return torch.device("cpu")
+    if spec != "cuda" and not (spec.startswith("cuda:") and spec[5:].isdigit()):
+        raise ConfigError(f"train.device={spec!r}: use auto, cpu, cuda or cuda:N")
+    if not torch.cuda.is_available():
+        raise ConfigError(f"train.device={spec}: no CUDA GPU is available here; use train.device=cpu")
+    index = local_rank if spec == "cuda" else int(spec[5:])
+    count = torch.cuda.device_count()
+    if index >= count:
+        raise ConfigError(
+            f"train.device={spec}: GPU {index} does not exist ({count} visible); use fewer processes or another index"
+        )
+    return torch.device("cuda", index)
+
+
+def init_distributed(device: str = "auto", timeout_s: float = 600) -> DistInfo:
+    """Join torchrun's process group (NCCL on GPUs, gloo on CPUs) if launched by torchrun.
+
+    ``timeout_s`` (``train.collective_timeout_s``) bounds every collective: when a worker dies or
+    hangs, the others raise an error after that long instead of blocking forever.
+    """
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if world_size > 1 and device.startswith("cuda:"):
+        raise ConfigError(
+            f"train.device={device} names one GPU but torchrun started {world_size} processes: use train.device=cuda"
+        )
+    dev = resolve_device(device, local_rank)
+    if world_size > 1 and not dist.is_initialized():
+        if dev.type == "cuda":
+            torch.cuda.set_device(dev)
+        try:
+            dist.init_process_group(
+                backend="nccl" if dev.type == "cuda" else "gloo",
+                timeout=datetime.timedelta(seconds=timeout_s),
+                device_id=dev if dev.type == "cuda" else None,
+            )
+        except dist.DistError as e:
+            reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise TrainingError(
+                f"rank {rank} could not join the other {world_size - 1} worker(s) within {timeout_s:g} s "
+                f"({reason}); check that every worker started, or pass torchrun another --master_port"
+            ) from e
+    return DistInfo(rank=rank, world_size=world_size, local_rank=local_rank, device=dev)
+
+
+def per_process_batch_size(batch_size: int, world_size: int) -> int:
+    """Split ``solver.batch_size`` (images per iteration over all processes) evenly among them."""
+    if batch_size % world_size:
+        raise ConfigError(
+            f"solver.batch_size={batch_size} does not divide among {world_size} processes: "
+            f"use a multiple of {world_size}"
+        )
+    return batch_size // world_size
+
+
+def get_world_size() -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def get_rank() -> int:
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def is_main_process() -> bool:
+    return get_rank() == 0
+
+
+def barrier() -> None:
+    if get_world_size() > 1:
+        dist.barrier()
+
+
+def all_gather_object(obj: Any) -> List[Any]:
+    """Every rank's ``obj``, in rank order (``[obj]`` in a single process)."""
+    if get_world_size() == 1:
+        return [obj]
+    gathered: List[Any] = [None] * get_world_size()
+    dist.all_gather_object(gathered, obj)
+    return gathered
+
+
+def _collective_device() -> torch.device:
+    # NCCL reduces only CUDA tensors; gloo only CPU ones.
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def reduce_dict(values: Mapping[str, Union[float, torch.Tensor]]) -> Dict[str, float]:
+    """The mean of each scalar over all ranks, for logging (every rank must pass the same keys)."""
+    keys = sorted(values)
+    if get_world_size() == 1 or not keys:
+        return {k: float(values[k]) for k in keys}
+    stacked = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64, device=_collective_device())
+    dist.all_reduce(stacked)
+    stacked /= get_world_size()
+    return dict(zip(keys, stacked.tolist()))
+
+
+def all_reduce_max(flags: torch.Tensor) -> torch.Tensor:
+    """Element-wise maximum over ranks: "did any rank ...?" for decisions all ranks must share."""
+    if get_world_size() == 1:
+        return flags
+    flags = flags.to(_collective_device())
+    dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+    return flags.cpu()
+
+
+def cleanup() -> None:
+    """Leave the process group (if any), so the process exits without NCCL/gloo warnings."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()

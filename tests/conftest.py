@@ -1,0 +1,19 @@
+"""Fixtures shared by the test modules."""
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+REPO = Path(__file__).resolve().parents[1]
+# The real mini datasets beside the project (../shared); CI has them, a user's machine may not.
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"{SHARED_DATA} is absent: the real COCO/VOC mini datasets live beside the project in CI")
+    return SHARED_DATA
