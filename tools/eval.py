@@ -1,0 +1,149 @@
+"""Evaluate a detector, or an existing detections file, with the COCO or PASCAL VOC metric.
+
+Examples:
+  python tools/eval.py --results dets.json --gt instances_val2017.json --output out/
+  python tools/eval.py --results dets.json --dataset voc_2007_test --data-root datasets/
+  python tools/eval.py --run output/voc_r101_c4                  # its config and final/last checkpoint
+  python tools/eval.py --config configs/voc/faster_rcnn_c4.yaml --weights model_final.pth --dataset voc_2007_test
+  torchrun --nproc_per_node=8 tools/eval.py --run output/coco_r101_c4
+  python tools/eval.py --compare a/report.json b/report.json
+
+--results takes COCO results format ([{image_id, category_id, bbox: [x, y, w, h], score}]) with
+the dataset's own category ids: COCO's 1..90, VOC's 1..20 in the order aeroplane ... tvmonitor.
+--metric defaults by dataset: coco for COCO-format data, voc07 (11-point AP) for VOC 2007,
+voc10 (area AP) for VOC 2012. Numbers are fractions in 0..1, as pycocotools prints them.
+--output receives report.json, report.md, pr_curves.png and detections.json.
+"""
+
+import argparse
+import logging
+from pathlib import Path
+
+from resnet_det.cli import main_guard
+from resnet_det.errors import EvaluationError
+from resnet_det.evaluation import (
+    METRICS,
+    compare_reports,
+    evaluate_detections,
+    evaluate_with_coco_file,
+    format_table,
+    load_detections,
+    write_report,
+)
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        epilog=__doc__.split("\n\n", 1)[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    source = parser.add_argument_group("what to evaluate (one of)")
+    source.add_argument("--results", metavar="FILE", help="detections in COCO results format (no model)")
+    source.add_argument("--run", metavar="DIR", help="a training output folder: its config.yaml and checkpoint")
+    source.add_argument("--config", metavar="FILE", help="a detection config (with --weights)")
+    source.add_argument("--compare", nargs=2, metavar=("A", "B"), help="print the differences of two report.json files")
+    parser.add_argument("--weights", metavar="CKPT", help="the checkpoint to evaluate with --config")
+    parser.add_argument("--gt", metavar="FILE", help="COCO instances file that --results is scored against")
+    parser.add_argument("--dataset", metavar="NAME", help="registered split (default: the config's first test set)")
+    parser.add_argument(
+        "--data-root", metavar="DIR", help="datasets folder (default: $RESNET_DET_DATASETS or ./datasets)"
+    )
+    parser.add_argument("--metric", choices=METRICS, help="default: coco for COCO-format data, voc07 / voc10 by year")
+    parser.add_argument("--output", metavar="DIR", help="folder for the report files (with --run: DIR/eval/NAME)")
+    parser.add_argument("--device", help="auto | cpu | cuda | cuda:N, for the model (default: the config's)")
+    parser.add_argument("opts", nargs="*", metavar="KEY=VALUE", help="config overrides, for --run / --config")
+    args = parser.parse_args(argv)
+
+    modes = [m for m in ("results", "run", "config", "compare") if getattr(args, m)]
+    if len(modes) != 1:
+        parser.error("give exactly one of --results, --run, --config (with --weights) or --compare")
+    if args.results and bool(args.gt) == bool(args.dataset):
+        parser.error("--results needs its ground truth: either --gt FILE or --dataset NAME")
+    if args.gt and args.metric not in (None, "coco"):
+        parser.error(f"--metric {args.metric} reads VOC records (difficult flags): use --dataset NAME instead of --gt")
+    if args.gt and not args.results:
+        parser.error("--gt goes with --results")
+    if bool(args.config) != bool(args.weights):
+        parser.error("--config and --weights go together")
+    if (args.results or args.compare) and (args.opts or args.device):
+        parser.error("KEY=VALUE overrides and --device apply to a model (--run / --config), not to a results file")
+    return args
+
+
+def evaluate_results(args):
+    """The model-free path: an existing detections file against a COCO file or a registered split."""
+    detections = load_detections(Path(args.results))
+    if args.gt:
+        return evaluate_with_coco_file(detections, Path(args.gt), source=args.results), detections
+    from resnet_det.data.catalog import get_dataset
+
+    records, metadata = get_dataset(args.dataset, root=args.data_root)
+    return evaluate_detections(detections, records, metadata, args.metric, source=args.results), detections
+
+
+def _classes(names) -> str:
+    return f"{len(names)} classes ({', '.join(names[:3])}{', ...' if len(names) > 3 else ''})"
+
+
+def evaluate_model(args):
+    """The model path (--run, or --config with --weights): batched inference, split across
+    processes under torchrun, then the metric on rank 0 (other ranks return no report).
+
+    Imported here, not at the top: the --results and --compare paths need neither torch nor a model.
+    """
+    from resnet_det.config import config_hash
+    from resnet_det.data import BadRecordPolicy, build_detection_test_loader, get_dataset, register_from_config
+    from resnet_det.engine.distributed import init_distributed
+    from resnet_det.engine.inference import run_inference
+    from resnet_det.engine.predictor import load_detector
+    from resnet_det.modeling import prepare_for_inference
+
+    overrides = [*args.opts, *([f"train.device={args.device}"] if args.device else [])]
+    overrides += [f"datasets.root={args.data_root}"] if args.data_root else []
+    loaded = load_detector(run=args.run, config=args.config, weights=args.weights, overrides=overrides)
+    cfg = loaded.cfg
+    register_from_config(cfg.datasets)
+    dataset = args.dataset or cfg.datasets.test[0]
+    records, metadata = get_dataset(dataset, root=cfg.datasets.root, policy=BadRecordPolicy.from_config(cfg.datasets))
+    if list(loaded.meta["class_names"]) != list(metadata["class_names"]):
+        raise EvaluationError(
+            f"{loaded.checkpoint} detects {_classes(loaded.meta['class_names'])} but {dataset} has "
+            f"{_classes(metadata['class_names'])}: evaluate on a split with the classes it was trained on"
+        )
+
+    dist = init_distributed(cfg.train.device, cfg.train.collective_timeout_s)
+    model = prepare_for_inference(
+        loaded.model.to(dist.device), fold_bn=cfg.test.fold_frozen_bn, channels_last=dist.device.type == "cuda"
+    )
+    loader = build_detection_test_loader(cfg, records, rank=dist.rank, world_size=dist.world_size)
+    detections = run_inference(model, loader, metadata["label_to_category_id"], dist.device)
+    if not dist.is_main:
+        return None, detections
+    metric = args.metric or cfg.test.metric
+    report = evaluate_detections(detections, records, metadata, metric, source=str(loaded.checkpoint))
+    report.update(checkpoint=str(loaded.checkpoint), config_hash=config_hash(cfg))
+    return report, detections
+
+
+@main_guard
+def main(argv=None):
+    args = parse_args(argv)
+    if args.compare:
+        print(compare_reports(Path(args.compare[0]), Path(args.compare[1])), end="")
+        return
+    report, detections = evaluate_results(args) if args.results else evaluate_model(args)
+    if report is None:
+        return
+    print("\n".join(report["cocoeval_summary"]))
+    print()
+    print(format_table(report), end="")
+    output = args.output or (Path(args.run) / "eval" / report["dataset"] if args.run else None)
+    if output:
+        paths = write_report(report, detections, Path(output))
+        print(f"\nwrote {', '.join(str(p) for p in paths.values())}")
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    main()
