@@ -34,7 +34,10 @@ def add_training_args(parser) -> None:
     """The flags that tools/train_det.py and tools/train_cls.py share."""
     parser.add_argument("--config", metavar="FILE", help="YAML recipe (see configs/); flags and overrides apply on top")
     parser.add_argument("--output", metavar="DIR", help="run folder: checkpoints, config.yaml, metrics.jsonl, tb/")
-    parser.add_argument("--resume", action="store_true", help="continue the run in --output from its last checkpoint")
+    parser.add_argument(
+        "--resume", action="store_true",
+        help="continue the run in --output from its last checkpoint (starts afresh, from --weights, if it has none)",
+    )
     parser.add_argument("--device", help="auto | cpu | cuda | cuda:N (default: auto)")
     parser.add_argument("--amp", action="store_true", help="mixed precision (bf16 autocast; fp16 + grad scaling on older GPUs)")
     parser.add_argument("--max-iter", type=int, metavar="N", help="stop after N iterations")
@@ -46,7 +49,7 @@ def add_training_args(parser) -> None:
     parser.add_argument("--data-root", metavar="DIR", help="datasets folder (default: $RESNET_DET_DATASETS or ./datasets)")
     parser.add_argument("--seed", type=int, help="random seed (default: the config's)")
     parser.add_argument(
-        "opts", nargs="*", metavar="KEY=VALUE", help="overrides of any config key, e.g. solver.checkpoint_period=500"
+        "opts", nargs="*", metavar="KEY=VALUE", help="overrides of any config key, e.g. train.checkpoint_period=500"
     )
 
 
@@ -54,10 +57,6 @@ def training_overrides(args, weights_key: str, data_root_key: str) -> list:
     """Turn the shared flags into ``key=value`` overrides (applied before the positional ones)."""
     from resnet_det.errors import ConfigError
 
-    if args.resume and args.weights:
-        raise ConfigError(
-            "--resume continues from the run's own checkpoint, so --weights would be ignored: drop one of them"
-        )
     out = []
     if args.output:
         out.append(f"train.output_dir={args.output}")

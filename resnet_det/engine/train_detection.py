@@ -1,0 +1,159 @@
+"""Fine-tuning a Faster R-CNN detector from a config: what tools/train_det.py runs.
+
+Builds the datasets, the detector, the solver and the shared ``Trainer``; writes the resolved
+``config.yaml`` and the data report into the run folder first, evaluates at ``eval_period`` and at
+the end, and leaves the mAP report of the last evaluation beside the checkpoints.
+"""
+
+import json
+import logging
+from pathlib import Path
+from typing import Dict, List, Tuple
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from resnet_det.config import config_hash, save_config
+from resnet_det.data.build import build_detection_test_loader, build_detection_train_loader
+from resnet_det.data.catalog import get_dataset, get_datasets, register_from_config
+from resnet_det.engine import distributed as dist_utils
+from resnet_det.engine.checkpoint import atomic_write_text
+from resnet_det.engine.inference import run_inference
+from resnet_det.engine.solver import build_lr_scheduler, build_optimizer
+from resnet_det.engine.trainer import Trainer, set_deterministic
+from resnet_det.errors import DatasetError
+from resnet_det.evaluation.evaluator import evaluate_detections
+from resnet_det.evaluation.report import format_table, write_report
+from resnet_det.modeling import build_detector, prepare_for_inference
+
+logger = logging.getLogger(__name__)
+
+
+def load_training_data(cfg: DictConfig) -> Tuple[List[dict], dict]:
+    """Records of every training dataset (one label space), with their bad-record counts merged."""
+    register_from_config(cfg.datasets)
+    return get_datasets(list(cfg.datasets.train), root=cfg.datasets.root, policy=cfg.datasets)
+
+
+def detection_meta(cfg: DictConfig, model: torch.nn.Module, metadata: dict) -> Dict:
+    """What a checkpoint needs so that eval.py / infer.py can rebuild and label the detector."""
+    fmt = model.backbone_input_format
+    return {
+        "kind": "detection",
+        "arch": cfg.model.backbone.name,
+        "head": cfg.model.head,
+        "num_classes": len(metadata["class_names"]),
+        "class_names": list(metadata["class_names"]),
+        "label_to_category_id": {int(k): int(v) for k, v in metadata["label_to_category_id"].items()},
+        "input_format": {
+            "channel_order": fmt.channel_order,
+            "pixel_mean": list(fmt.pixel_mean),
+            "pixel_std": list(fmt.pixel_std),
+        },
+        "train_datasets": list(cfg.datasets.train),
+    }
+
+
+def evaluate_detector(
+    model: torch.nn.Module,
+    cfg: DictConfig,
+    dataset_name: str,
+    device: torch.device,
+    output_dir: Path,
+    checkpoint: str = "",
+    progress: bool = True,
+) -> Dict:
+    """Inference on one registered split, then its metric; rank 0 writes the report files."""
+    records, metadata = get_dataset(dataset_name, root=cfg.datasets.root, policy=cfg.datasets)
+    rank, world_size = dist_utils.get_rank(), dist_utils.get_world_size()
+    loader = build_detection_test_loader(cfg, records, rank=rank, world_size=world_size)
+    # A folded copy: the model being trained keeps its own modules and state dict.
+    fast = prepare_for_inference(model, fold_bn=cfg.test.fold_frozen_bn, channels_last=device.type == "cuda")
+    detections = run_inference(fast, loader, metadata["label_to_category_id"], device, progress=progress)
+    report = {}
+    if rank == 0:
+        report = evaluate_detections(detections, records, metadata, metric=cfg.test.metric)
+        report.update(
+            {"dataset": dataset_name, "checkpoint": checkpoint, "config_hash": config_hash(cfg)}
+        )
+        write_report(report, detections, output_dir)
+        logger.info("evaluation on %s (%s):\n%s", dataset_name, checkpoint, format_table(report))
+    return report
+
+
+def train_detector(cfg: DictConfig, resume: bool = False) -> Dict:
+    """Train as ``cfg`` says; returns the final evaluation report (empty on non-zero ranks)."""
+    dist = dist_utils.init_distributed(cfg.train.device, cfg.train.collective_timeout_s)
+    dist_utils.per_process_batch_size(cfg.solver.batch_size, dist.world_size)
+    set_deterministic(cfg.train.seed + dist.rank, cfg.train.deterministic)
+    output_dir = Path(cfg.train.output_dir)
+
+    records, metadata = load_training_data(cfg)
+    num_classes = cfg.model.num_classes or len(metadata["class_names"])
+    if num_classes != len(metadata["class_names"]):
+        raise DatasetError(
+            f"model.num_classes={num_classes} but {cfg.datasets.train[0]} has {len(metadata['class_names'])} "
+            "classes: drop model.num_classes to take it from the data"
+        )
+    model = build_detector(cfg, num_classes).to(dist.device)
+    meta = detection_meta(cfg, model, metadata)
+    if dist.rank == 0:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, output_dir / "config.yaml")
+        counts = metadata["sanitize_counts"]
+        atomic_write_text(output_dir / "data_report.json", json.dumps(counts.to_dict(), indent=2, sort_keys=True) + "\n")
+        if counts.total():
+            logger.warning("data: %s (details in %s)", counts.summary(), output_dir / "data_report.json")
+        logger.info("training on %d images of %s, %d classes", len(records), list(cfg.datasets.train), num_classes)
+
+    optimizer = build_optimizer(model, cfg.solver)
+    scheduler = build_lr_scheduler(optimizer, cfg.solver)
+
+    def make_loader(start_iter: int):
+        return build_detection_train_loader(
+            cfg, records, start_iter=start_iter, rank=dist.rank, world_size=dist.world_size
+        )
+
+    non_blocking = dist.device.type == "cuda"
+
+    def step_fn(m, batch):
+        images, targets = batch
+        images = [im.to(dist.device, non_blocking=non_blocking) for im in images]
+        targets = [
+            {k: (v.to(dist.device, non_blocking=non_blocking) if torch.is_tensor(v) else v) for k, v in t.items()}
+            for t in targets
+        ]
+        return m(images, targets), {}
+
+    def eval_fn(m, iteration):
+        scores = {}
+        for name in cfg.datasets.test:
+            report = evaluate_detector(
+                m, cfg, name, dist.device, output_dir / "eval" / name, checkpoint=f"iteration {iteration}"
+            )
+            scores.update({f"{name}/{k}": v for k, v in report.get("summary", {}).items()})
+        return scores
+
+    trainer = Trainer(
+        model=model,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        make_loader=make_loader,
+        step_fn=step_fn,
+        max_iter=cfg.solver.max_iter,
+        output_dir=output_dir,
+        checkpoint_period=cfg.train.checkpoint_period,
+        log_period=cfg.train.log_period,
+        eval_fn=eval_fn if len(cfg.datasets.test) else None,
+        eval_period=cfg.train.eval_period,
+        device=dist.device,
+        amp=cfg.train.amp,
+        clip_grad_norm=cfg.solver.clip_grad_norm,
+        nonfinite_loss=cfg.solver.nonfinite_loss,
+        meta=meta,
+        config_text=OmegaConf.to_yaml(cfg, resolve=True),
+        max_keep=cfg.train.max_checkpoints_kept,
+        dist=dist,
+    )
+    trainer.resume_or_load(resume)
+    return trainer.train()

@@ -1,0 +1,129 @@
+"""Run a trained detector on an image, a folder of images or a video; draw and save the detections.
+
+Examples:
+  python tools/infer.py --run output/demo/det --input photo.jpg --output out/
+  python tools/infer.py --config configs/coco/faster_rcnn_c4.yaml --weights model_final.pth --input imgs/ --output out/
+  python tools/infer.py --run output/demo/det --input clip.mp4 --output out/ --score-thresh 0.7
+
+Writes, into --output: each image with its boxes, class names and scores drawn (a video is
+written as <name>_detections.mp4), and detections.json: per image (or video frame) the boxes
+[x0, y0, x1, y1] in pixels, the scores, the labels and the class names.
+"""
+
+import argparse
+import json
+from pathlib import Path
+
+import cv2
+from tqdm import tqdm
+
+from resnet_det.cli import main_guard
+from resnet_det.data.image_io import read_image
+from resnet_det.engine.checkpoint import atomic_write_text
+from resnet_det.engine.distributed import resolve_device
+from resnet_det.engine.predictor import Predictor, load_detector
+from resnet_det.errors import ConfigError, DatasetError
+from resnet_det.visualization import draw_detections
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
+VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm"}
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        epilog=__doc__.split("\n\n", 1)[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--run", metavar="DIR", help="a train_det.py output folder (its config and checkpoint)")
+    parser.add_argument("--config", metavar="FILE", help="a detection config (with --weights)")
+    parser.add_argument("--weights", metavar="CKPT", help="a detection checkpoint (with --config, or to pick one of --run's)")
+    parser.add_argument("--input", required=True, help="an image, a folder of images, or a video file")
+    parser.add_argument("--output", required=True, metavar="DIR", help="where the drawn images and detections.json go")
+    parser.add_argument("--score-thresh", type=float, default=0.5, help="keep detections scoring at least this (default 0.5)")
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    parser.add_argument("opts", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. input.min_size_test=800")
+    return parser.parse_args(argv)
+
+
+def _as_json(name, det, class_names):
+    return {
+        "file": name,
+        "boxes": [[round(float(v), 2) for v in box] for box in det["boxes"]],
+        "scores": [round(float(s), 4) for s in det["scores"]],
+        "labels": [int(label) for label in det["labels"]],
+        "classes": [class_names[int(label) - 1] for label in det["labels"]],
+    }
+
+
+def infer_images(predictor, paths, output: Path, score_thresh: float):
+    results = []
+    for path in tqdm(paths, desc="images", unit="img", disable=len(paths) < 2):
+        image = read_image(path)
+        det = predictor(image)
+        drawn = draw_detections(image, det["boxes"], det["labels"], det["scores"], predictor.class_names, score_thresh)
+        ok, encoded = cv2.imencode(path.suffix if path.suffix.lower() in IMAGE_SUFFIXES else ".png", drawn[:, :, ::-1])
+        (output / path.name).write_bytes(encoded.tobytes())
+        results.append(_as_json(path.name, det, predictor.class_names))
+    return results
+
+
+def infer_video(predictor, path: Path, output: Path, score_thresh: float):
+    capture = cv2.VideoCapture(str(path))
+    if not capture.isOpened():
+        raise DatasetError(f"cannot open video {path}: check the file, or convert it to mp4 (H.264)")
+    fps = capture.get(cv2.CAP_PROP_FPS) or 25.0
+    frames = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) or None
+    out_path = output / f"{path.stem}_detections.mp4"
+    writer = None
+    results = []
+    try:
+        for index in tqdm(range(frames) if frames else iter(int, 1), desc="frames", unit="frame", total=frames):
+            ok, bgr = capture.read()
+            if not ok:
+                break
+            rgb = bgr[:, :, ::-1].copy()
+            det = predictor(rgb)
+            drawn = draw_detections(rgb, det["boxes"], det["labels"], det["scores"], predictor.class_names, score_thresh)
+            if writer is None:
+                h, w = drawn.shape[:2]
+                writer = cv2.VideoWriter(str(out_path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h))
+            writer.write(drawn[:, :, ::-1])
+            results.append(_as_json(f"{path.name}#{index}", det, predictor.class_names))
+    finally:
+        capture.release()
+        if writer is not None:
+            writer.release()
+    return results
+
+
+@main_guard
+def main(argv=None):
+    args = parse_args(argv)
+    if not args.run and not (args.config and args.weights):
+        raise ConfigError("give --run DIR, or both --config FILE and --weights CHECKPOINT")
+    source = Path(args.input)
+    if not source.exists():
+        raise DatasetError(f"--input {source}: no such file or folder")
+    device = resolve_device(args.device)
+    loaded = load_detector(run=args.run, config=args.config, weights=args.weights, overrides=args.opts, device=device)
+    predictor = Predictor(loaded, device, score_thresh=args.score_thresh)
+    output = Path(args.output)
+    output.mkdir(parents=True, exist_ok=True)
+
+    if source.is_dir():
+        paths = sorted(p for p in source.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not paths:
+            raise DatasetError(f"--input {source} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+        results = infer_images(predictor, paths, output, args.score_thresh)
+    elif source.suffix.lower() in VIDEO_SUFFIXES:
+        results = infer_video(predictor, source, output, args.score_thresh)
+    else:
+        results = infer_images(predictor, [source], output, args.score_thresh)
+    atomic_write_text(output / "detections.json", json.dumps(results, indent=1) + "\n")
+    found = sum(len(r["boxes"]) for r in results)
+    print(f"{found} detections in {len(results)} {'frames' if source.suffix.lower() in VIDEO_SUFFIXES else 'images'}; written to {output}")
+
+
+if __name__ == "__main__":
+    main()
