@@ -1,0 +1,382 @@
+"""Timing and peak memory of our detector against torchvision's stock Faster R-CNN, in one run.
+
+Both models are built with identical settings (image size, proposals before/after NMS,
+detections per image, threads, number of classes) and timed alternately, run by run, so that a
+machine whose speed drifts slows both alike and the ratios stay honest. With random weights the
+number of proposals would depend on what the weights happen to propose, so the RPN's NMS is
+disabled (IoU threshold 1.0): exactly ``post_nms_topk`` proposals reach the box head in both.
+
+Peak memory is the process's resident set high-water mark (Linux ``VmHWM``, reset before each
+measure through ``/proc/self/clear_refs``) on CPU, and ``torch.cuda.max_memory_allocated`` on GPU.
+"""
+
+import json
+import os
+import platform
+import statistics
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Dict, List, Optional
+
+import numpy as np
+import torch
+
+from resnet_det.config import DetectionConfig, load_config
+from resnet_det.modeling import build_detector, prepare_for_inference
+
+COCO_CLASSES = 90  # stock fasterrcnn_resnet50_fpn: 91 outputs, background included
+
+
+@dataclass
+class Figure:
+    """One measured quantity: per-run values, summarised as min / median / max."""
+
+    name: str
+    unit: str
+    values: List[float]
+    peak_memory_mb: Optional[float] = None
+    higher_is_better: bool = True
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.values)
+
+    def summary(self) -> Dict:
+        return {
+            "unit": self.unit,
+            "min": min(self.values),
+            "median": self.median,
+            "max": max(self.values),
+            "runs": len(self.values),
+            "peak_memory_mb": self.peak_memory_mb,
+        }
+
+
+@dataclass
+class Settings:
+    backbone: str = "r50"
+    head: str = "fpn"
+    size: int = 800  # inference short side
+    max_size: int = 1333
+    proposals: int = 1000  # RPN proposals after NMS, per image (pre-NMS: the same per level)
+    detections: int = 100
+    batch: int = 1  # inference images per batch
+    train_size: int = 512
+    train_batch: int = 2
+    warmup: int = 2
+    runs: int = 5
+    threads: int = field(default_factory=torch.get_num_threads)
+    device: str = "cpu"
+    fast_path: bool = True
+    workers: int = 2
+
+
+def _reset_peak(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+    else:
+        try:
+            Path("/proc/self/clear_refs").write_text("5")
+        except OSError:
+            pass
+
+
+def _peak_mb(device: torch.device) -> Optional[float]:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_alternating(fns: Dict[str, Callable[[], None]], warmup: int, runs: int, device: torch.device) -> Dict[str, List[float]]:
+    """Seconds per call of each function, called in turn (A B A B ...) after warm-up calls."""
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+            _sync(device)
+    times: Dict[str, List[float]] = {k: [] for k in fns}
+    for _ in range(runs):
+        for name, fn in fns.items():
+            _sync(device)
+            start = time.perf_counter()
+            fn()
+            _sync(device)
+            times[name].append(time.perf_counter() - start)
+    return times
+
+
+def peak_memory(fn: Callable[[], None], device: torch.device) -> Optional[float]:
+    _reset_peak(device)
+    fn()
+    _sync(device)
+    return _peak_mb(device)
+
+
+def detection_config(s: Settings, training: bool):
+    """Our detector's config with the benchmark's fixed settings (random weights)."""
+    size = s.train_size if training else s.size
+    return load_config(
+        DetectionConfig,
+        None,
+        [
+            f"model.head={s.head}",
+            f"model.backbone.name={s.backbone}",
+            "model.backbone.weights=null",
+            f"model.anchors.sizes={[[32], [64], [128], [256], [512]] if s.head == 'fpn' else [[32, 64, 128, 256, 512]]}",
+            f"model.roi_heads.pooler_resolution={7 if s.head == 'fpn' else 14}",
+            f"model.rpn.pre_nms_topk_test={s.proposals}",
+            f"model.rpn.post_nms_topk_test={s.proposals}",
+            f"model.rpn.pre_nms_topk_train={s.proposals * 2}",
+            f"model.rpn.post_nms_topk_train={s.proposals}",
+            "model.rpn.nms_thresh=1.0",
+            f"model.roi_heads.detections_per_image={s.detections}",
+            f"input.min_size_train=[{size}]",
+            f"input.max_size_train={s.max_size}",
+            f"input.min_size_test={size}",
+            f"input.max_size_test={s.max_size}",
+            f"test.fold_frozen_bn={str(s.fast_path).lower()}",
+        ],
+    )
+
+
+def stock_model(s: Settings, training: bool) -> torch.nn.Module:
+    """torchvision's ``fasterrcnn_resnet50_fpn(weights=None)`` with the same counts and sizes."""
+    from torchvision.models.detection import fasterrcnn_resnet50_fpn
+
+    size = s.train_size if training else s.size
+    return fasterrcnn_resnet50_fpn(
+        weights=None,
+        weights_backbone=None,
+        num_classes=COCO_CLASSES + 1,
+        min_size=size,
+        max_size=s.max_size,
+        rpn_pre_nms_top_n_test=s.proposals,
+        rpn_post_nms_top_n_test=s.proposals,
+        rpn_pre_nms_top_n_train=s.proposals * 2,
+        rpn_post_nms_top_n_train=s.proposals,
+        rpn_nms_thresh=1.0,
+        box_detections_per_img=s.detections,
+    )
+
+
+def synthetic_images(n: int, height: int, width: int, seed: int = 0) -> List[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return [rng.integers(0, 256, (height, width, 3), dtype=np.uint8) for _ in range(n)]
+
+
+def synthetic_targets(n: int, height: int, width: int, seed: int = 0) -> List[Dict[str, torch.Tensor]]:
+    g = torch.Generator().manual_seed(seed)
+    targets = []
+    for _ in range(n):
+        xy = torch.rand(8, 2, generator=g) * torch.tensor([width * 0.7, height * 0.7])
+        wh = 16 + torch.rand(8, 2, generator=g) * torch.tensor([width * 0.3, height * 0.3])
+        targets.append({"boxes": torch.cat([xy, xy + wh], 1), "labels": torch.randint(1, COCO_CLASSES + 1, (8,), generator=g)})
+    return targets
+
+
+def bench_inference(s: Settings, device: torch.device) -> Dict[str, Figure]:
+    """Images per second at the test size; our model gets images resized once by the loader
+    (uint8), the stock model float images in 0..1 that its transform resizes and normalises."""
+    height, width = s.size, int(s.size * 4 / 3)
+    images = synthetic_images(s.batch, height, width)
+    ours = build_detector(detection_config(s, training=False), COCO_CLASSES).eval().to(device)
+    if s.fast_path:
+        ours = prepare_for_inference(ours, fold_bn=True, channels_last=True)
+    stock = stock_model(s, training=False).eval().to(device)
+    ours_in = [torch.from_numpy(im).permute(2, 0, 1).to(device) for im in images]
+    stock_in = [t.float().div(255) for t in ours_in]
+    mode = torch.inference_mode if s.fast_path else torch.no_grad
+
+    def run(model, inputs):
+        def call():
+            with mode():
+                model(inputs)
+
+        return call
+
+    fns = {"ours": run(ours, ours_in), "stock": run(stock, stock_in)}
+    times = time_alternating(fns, s.warmup, s.runs, device)
+    return {
+        name: Figure("inference", "images/s", [s.batch / t for t in times[name]], peak_memory(fns[name], device))
+        for name in fns
+    }
+
+
+def bench_training(s: Settings, device: torch.device) -> Dict[str, Figure]:
+    """Training iterations per second (forward, backward, SGD step) on ``train_batch`` images."""
+    height, width = s.train_size, int(s.train_size * 4 / 3)
+    images = [torch.from_numpy(im).permute(2, 0, 1).to(device) for im in synthetic_images(s.train_batch, height, width)]
+    targets = [{k: v.to(device) for k, v in t.items()} for t in synthetic_targets(s.train_batch, height, width)]
+    ours = build_detector(detection_config(s, training=True), COCO_CLASSES).train().to(device)
+    stock = stock_model(s, training=True).train().to(device)
+    if device.type == "cuda":
+        ours = ours.to(memory_format=torch.channels_last)
+
+    def step_fn(model, inputs):
+        params = [p for p in model.parameters() if p.requires_grad]
+        opt = torch.optim.SGD(params, lr=1e-4, momentum=0.9)
+
+        def step():
+            losses = model(inputs, targets)
+            opt.zero_grad(set_to_none=True)
+            sum(losses.values()).backward()
+            opt.step()
+
+        return step
+
+    fns = {"ours": step_fn(ours, images), "stock": step_fn(stock, [im.float().div(255) for im in images])}
+    times = time_alternating(fns, s.warmup, s.runs, device)
+    return {
+        name: Figure("train_iteration", "iterations/s", [1 / t for t in times[name]], peak_memory(fns[name], device))
+        for name in fns
+    }
+
+
+def bench_data_loading(s: Settings, num_images: int = 64) -> Figure:
+    """Training images per second out of the loader (JPEG decode + resize + flip + collate) with
+    ``workers`` worker processes, on synthetic 640x480 JPEGs written to a temporary folder."""
+    import cv2
+
+    from resnet_det.data.build import build_detection_train_loader
+
+    with tempfile.TemporaryDirectory() as tmp:
+        rng = np.random.default_rng(0)
+        records = []
+        for i in range(num_images):
+            # Smooth images, so that JPEG sizes (and decode costs) are like photographs'.
+            small = rng.integers(0, 256, (30, 40, 3), dtype=np.uint8)
+            image = cv2.resize(small, (640, 480), interpolation=cv2.INTER_CUBIC)
+            path = Path(tmp) / f"{i:04d}.jpg"
+            cv2.imwrite(str(path), image, [cv2.IMWRITE_JPEG_QUALITY, 90])
+            records.append(
+                {
+                    "file_name": str(path),
+                    "image_id": i,
+                    "height": 480,
+                    "width": 640,
+                    "annotations": [{"bbox": [10.0, 20.0, 200.0, 220.0], "label": 1, "iscrowd": 0, "difficult": 0}],
+                }
+            )
+        cfg = detection_config(s, training=True)
+        cfg.dataloader.num_workers = s.workers
+        cfg.solver.batch_size = s.train_batch
+        values = []
+        batches_per_run = max(4, num_images // s.train_batch // 2)
+        loader = iter(build_detection_train_loader(cfg, records))
+        for _ in range(s.warmup):
+            next(loader)
+        for _ in range(s.runs):
+            start = time.perf_counter()
+            for _ in range(batches_per_run):
+                next(loader)
+            values.append(batches_per_run * s.train_batch / (time.perf_counter() - start))
+        del loader
+    return Figure("data_loading", "images/s", values)
+
+
+def bench_coco_eval(s: Settings, num_images: int = 500, dets_per_image: int = 100) -> Figure:
+    """Seconds for a COCO box evaluation (pycocotools) of 500 images x 100 detections."""
+    from pycocotools.coco import COCO
+
+    from resnet_det.evaluation.coco import evaluate_coco
+
+    rng = np.random.default_rng(0)
+    images, annotations, detections = [], [], []
+    for i in range(1, num_images + 1):
+        images.append({"id": i, "width": 640, "height": 480, "file_name": f"{i}.jpg"})
+        for _ in range(7):
+            x, y, w, h = rng.uniform(0, 400), rng.uniform(0, 300), rng.uniform(8, 200), rng.uniform(8, 150)
+            annotations.append(
+                {"id": len(annotations) + 1, "image_id": i, "category_id": int(rng.integers(1, 11)),
+                 "bbox": [x, y, w, h], "area": w * h, "iscrowd": 0}
+            )
+        for _ in range(dets_per_image):
+            x, y, w, h = rng.uniform(0, 400), rng.uniform(0, 300), rng.uniform(8, 200), rng.uniform(8, 150)
+            detections.append({"image_id": i, "category_id": int(rng.integers(1, 11)), "bbox": [x, y, w, h],
+                               "score": float(rng.uniform())})
+    gt = {"images": images, "annotations": annotations, "categories": [{"id": c, "name": str(c)} for c in range(1, 11)]}
+    values = []
+    for run in range(s.runs + 1):
+        coco = COCO()
+        coco.dataset = json.loads(json.dumps(gt))
+        coco.createIndex()
+        start = time.perf_counter()
+        evaluate_coco(coco, detections)
+        if run:  # the first run is a warm-up
+            values.append(time.perf_counter() - start)
+    return Figure("coco_eval", "seconds", values, higher_is_better=False)
+
+
+def machine_description(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"{torch.cuda.get_device_name(device)}, torch {torch.__version__}"
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} threads, torch {torch.__version__}"
+
+
+def run_benchmarks(s: Settings, only: List[str], log: Callable[[str], None] = print) -> Dict:
+    """Run the chosen measures; returns the JSON-ready result with the ratios ours/stock."""
+    torch.set_num_threads(s.threads)
+    device = torch.device(s.device)
+    torch.manual_seed(0)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    result: Dict = {
+        "settings": asdict(s),
+        "machine": machine_description(device),
+        "date": time.strftime("%Y-%m-%d"),
+        "figures": {},
+        "ratios": {},
+    }
+    measures = {
+        "inference": lambda: bench_inference(s, device),
+        "train": lambda: bench_training(s, device),
+        "data": lambda: {"ours": bench_data_loading(s)},
+        "eval": lambda: {"ours": bench_coco_eval(s)},
+    }
+    for key in only:
+        log(f"measuring {key} ...")
+        figures = measures[key]()
+        for who, fig in figures.items():
+            result["figures"][f"{fig.name}/{who}"] = fig.summary()
+        if "stock" in figures:
+            ours, stock = figures["ours"], figures["stock"]
+            result["ratios"][figures["ours"].name] = ours.median / stock.median
+    if "data_loading/ours" in result["figures"] and "train_iteration/ours" in result["figures"]:
+        consumed = result["figures"]["train_iteration/ours"]["median"] * s.train_batch
+        result["ratios"]["data_loading_vs_training_consumption"] = result["figures"]["data_loading/ours"]["median"] / consumed
+    return result
+
+
+def format_result(result: Dict) -> str:
+    lines = [f"machine: {result['machine']}", f"settings: {json.dumps(result['settings'])}", ""]
+    lines.append(f"{'figure':<28}{'unit':<14}{'min':>10}{'median':>10}{'max':>10}{'peak MB':>10}")
+    for name, f in result["figures"].items():
+        peak = f"{f['peak_memory_mb']:.0f}" if f["peak_memory_mb"] is not None else "-"
+        lines.append(f"{name:<28}{f['unit']:<14}{f['min']:>10.3f}{f['median']:>10.3f}{f['max']:>10.3f}{peak:>10}")
+    if result["ratios"]:
+        lines.append("")
+        for name, ratio in result["ratios"].items():
+            what = "ours / stock (medians)" if name != "data_loading_vs_training_consumption" else "loader images/s / images/s a training iteration consumes"
+            lines.append(f"ratio {name:<40}{ratio:>8.2f}x   {what}")
+    return "\n".join(lines)

@@ -1,0 +1,75 @@
+"""Benchmark our detector against torchvision's stock Faster R-CNN (R50-FPN), in one run.
+
+Examples:
+  python tools/benchmark.py                                    # R50-FPN, CPU, all measures
+  python tools/benchmark.py --backbone r101 --head c4 --size 600 --proposals 300
+  python tools/benchmark.py --only inference train --runs 7 --json bench.json
+  python tools/benchmark.py --device cuda --batch 4
+
+Measures: inference images/s at --size (short side) with --proposals RPN proposals per image;
+one training iteration (forward, backward, SGD step) on --train-batch images at --train-size;
+data loading images/s (JPEG decode + augment + collate with --workers); COCO evaluation time;
+peak memory (RSS on CPU, max_memory_allocated on GPU). Each figure: --warmup runs, then --runs
+timed runs, printed as min / median / max; ratios are ours / stock on the medians. The stock
+model is fasterrcnn_resnet50_fpn(weights=None) with the same sizes, counts, classes and threads.
+Random weights: the RPN's NMS is disabled in both so that exactly --proposals boxes reach the
+box head. Record results in docs/benchmarks.md with the command and the machine.
+"""
+
+import argparse
+import json
+
+from resnet_det.cli import main_guard
+
+MEASURES = ("inference", "train", "data", "eval")
+
+
+def parse_args(argv=None):
+    from resnet_det.benchmark import Settings
+
+    d = Settings()
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        epilog=__doc__.split("\n\n", 1)[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--backbone", default=d.backbone, help=f"registered backbone (default {d.backbone})")
+    parser.add_argument("--head", default=d.head, choices=["c4", "fpn"], help=f"detection head (default {d.head})")
+    parser.add_argument("--size", type=int, default=d.size, help=f"inference short side in pixels (default {d.size})")
+    parser.add_argument("--max-size", type=int, default=d.max_size, help=f"long side cap (default {d.max_size})")
+    parser.add_argument("--proposals", type=int, default=d.proposals, help=f"RPN proposals per image (default {d.proposals})")
+    parser.add_argument("--detections", type=int, default=d.detections, help=f"detections per image (default {d.detections})")
+    parser.add_argument("--batch", type=int, default=d.batch, help=f"inference images per batch (default {d.batch})")
+    parser.add_argument("--train-size", type=int, default=d.train_size, help=f"training short side (default {d.train_size})")
+    parser.add_argument("--train-batch", type=int, default=d.train_batch, help=f"training images per iteration (default {d.train_batch})")
+    parser.add_argument("--workers", type=int, default=d.workers, help=f"data loader worker processes (default {d.workers})")
+    parser.add_argument("--threads", type=int, default=d.threads, help=f"torch threads (default {d.threads})")
+    parser.add_argument("--warmup", type=int, default=d.warmup, help=f"untimed runs first (default {d.warmup})")
+    parser.add_argument("--runs", type=int, default=d.runs, help=f"timed runs (default {d.runs})")
+    parser.add_argument("--device", default=d.device, help="cpu | cuda | cuda:N (default cpu)")
+    parser.add_argument("--no-fast-path", action="store_true", help="measure our plain path (no BN folding, channels-last, inference_mode)")
+    parser.add_argument("--only", nargs="+", choices=MEASURES, default=list(MEASURES), help="which measures (default: all)")
+    parser.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    return parser.parse_args(argv)
+
+
+@main_guard
+def main(argv=None):
+    args = parse_args(argv)
+    from resnet_det.benchmark import Settings, format_result, run_benchmarks
+    from resnet_det.engine.checkpoint import atomic_write_text
+
+    settings = Settings(
+        backbone=args.backbone, head=args.head, size=args.size, max_size=args.max_size, proposals=args.proposals,
+        detections=args.detections, batch=args.batch, train_size=args.train_size, train_batch=args.train_batch,
+        warmup=args.warmup, runs=args.runs, threads=args.threads, device=args.device,
+        fast_path=not args.no_fast_path, workers=args.workers,
+    )
+    result = run_benchmarks(settings, args.only)
+    print(format_result(result))
+    if args.json:
+        atomic_write_text(args.json, json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
