@@ -49,12 +49,20 @@ def collate_lists(batch: list) -> Tuple[list, list]:
 
 
 def loader_options(dataloader_cfg) -> dict:
-    """DataLoader options shared by every loader: workers, and pinned memory on GPU only."""
+    """DataLoader options shared by every loader: workers, pinned memory on GPU only, and a
+    generator of the loader's own.
+
+    Starting a DataLoader draws a worker seed from its generator; from the global one, that draw
+    would shift the training RNG by however many loaders were started, and a resumed run (which
+    starts its loader after restoring the RNG) would no longer match an uninterrupted one. The
+    augmentation is seeded per sample by the samplers, so this seed decides nothing else.
+    """
     workers = int(dataloader_cfg.num_workers)
     return {
         "num_workers": workers,
         "persistent_workers": workers > 0,
         "pin_memory": bool(dataloader_cfg.pin_memory) and torch.cuda.is_available(),
+        "generator": torch.Generator().manual_seed(0),
     }
 
 
