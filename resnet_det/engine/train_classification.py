@@ -1,0 +1,175 @@
+"""Training a ResNet classifier from a config: what tools/train_cls.py runs.
+
+Builds the data loaders, the model, the solver and the shared ``Trainer`` (the loop detection uses
+too: checkpoints, resuming, mixed precision, DDP, metrics.jsonl, TensorBoard). Each log line
+carries the training loss and top-1 error of its window, each evaluation the validation top-1 /
+top-5 error (``val/...``, percent). Checkpoints record the ``meta`` that ``backbones.load_weights``
+reads, so they load into ``build_backbone`` and ``train_det.py --weights`` as they are.
+"""
+
+import logging
+import math
+from pathlib import Path
+from typing import Dict, List, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig, OmegaConf
+
+from backbones import InputFormat, build_model
+from resnet_det.config import save_config
+from resnet_det.data.classification import build_classification_loaders
+from resnet_det.engine import distributed as dist_utils
+from resnet_det.engine.solver import build_lr_scheduler, build_optimizer
+from resnet_det.engine.trainer import Trainer, set_deterministic
+from resnet_det.errors import ConfigError, DatasetError
+from resnet_det.evaluation.classification import evaluate_classifier, topk_correct
+
+__all__ = ["train_classifier", "derive_schedule", "classification_meta"]
+
+logger = logging.getLogger(__name__)
+
+
+def derive_schedule(solver_cfg, train_size: int) -> Tuple[int, List[int]]:
+    """``(max_iter, steps)`` in iterations; epoch counts, where the recipe gives them, are converted
+    with ``train_size / solver.batch_size`` iterations per epoch (rounded up).
+
+    ``solver.epochs`` sets the length and ``solver.step_epochs`` the lr drops, independently: a run
+    cut short with ``--max-iter`` keeps the drops where the full schedule has them.
+    """
+    per_epoch = train_size / solver_cfg.batch_size
+    max_iter, steps = solver_cfg.max_iter, list(solver_cfg.steps)
+    if solver_cfg.epochs is not None:
+        if solver_cfg.epochs <= 0:
+            raise ConfigError(f"solver.epochs={solver_cfg.epochs}: give a positive number of epochs")
+        max_iter = math.ceil(solver_cfg.epochs * per_epoch)
+    if solver_cfg.step_epochs:
+        steps = [math.ceil(e * per_epoch) for e in solver_cfg.step_epochs]
+    return max_iter, steps
+
+
+def classification_meta(cfg: DictConfig, model: torch.nn.Module, class_names: Sequence[str]) -> Dict:
+    """The checkpoint's ``meta``: what ``backbones.weights`` needs to rebuild and load the model
+    (kind, arch, num_classes, options) and how its images were normalised (input_format)."""
+    input_format = InputFormat("RGB", tuple(cfg.input.pixel_mean), tuple(cfg.input.pixel_std))
+    return {
+        "kind": "classification",
+        "arch": cfg.model.name,
+        "num_classes": len(class_names),
+        "class_names": list(class_names),
+        "input_format": input_format.to_dict(),
+        "options": dict(getattr(model, "options", {})),
+        "dataset": cfg.data.dataset,
+    }
+
+
+def _build_model(cfg: DictConfig, num_classes: int) -> torch.nn.Module:
+    m = cfg.model
+    model = build_model(
+        m.name,
+        num_classes,
+        weights=m.weights,
+        shortcut=m.shortcut,
+        stride_in_1x1=m.stride_in_1x1,
+        zero_init_residual=m.zero_init_residual,
+        norm=m.norm,
+    )
+    if m.weights is not None:
+        # The loader normalises with cfg.input; weights trained on another normalisation (e.g.
+        # MSRA's BGR, unscaled) would see inputs they were not made for.
+        data_format = InputFormat("RGB", tuple(cfg.input.pixel_mean), tuple(cfg.input.pixel_std))
+        if model.input_format != data_format:
+            logger.warning(
+                "%s expects input %s but the data is normalised as %s: set input.pixel_mean/pixel_std "
+                "to match, or expect a slower start", m.weights, model.input_format, data_format,
+            )
+    return model
+
+
+def train_classifier(cfg: DictConfig, resume: bool = False) -> Dict[str, float]:
+    """Train as ``cfg`` says; returns the last logged scalars and the final ``val/`` metrics."""
+    dist = dist_utils.init_distributed(cfg.train.device, cfg.train.collective_timeout_s)
+    set_deterministic(cfg.train.seed + dist.rank, cfg.train.deterministic)
+    output_dir = Path(cfg.train.output_dir)
+
+    train_loader, val_loader, class_names = build_classification_loaders(
+        cfg, start_iter=0, rank=dist.rank, world_size=dist.world_size
+    )
+    train_size = len(train_loader.dataset)
+    num_classes = cfg.model.num_classes or len(class_names)
+    if num_classes != len(class_names):
+        raise DatasetError(
+            f"model.num_classes={num_classes} but data.dataset={cfg.data.dataset} has {len(class_names)} "
+            "classes: drop model.num_classes to take it from the data"
+        )
+    max_iter, steps = derive_schedule(cfg.solver, train_size)
+    # A copy with the schedule in iterations, so that config.yaml shows what really ran.
+    cfg = OmegaConf.merge(cfg, {"solver": {"max_iter": max_iter, "steps": steps}})
+
+    model = _build_model(cfg, num_classes)
+    meta = classification_meta(cfg, model, class_names)
+    if dist.rank == 0:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, output_dir / "config.yaml")
+        logger.info(
+            "training %s on %d images of %s (%d classes) for %d iterations (%.1f epochs)",
+            cfg.model.name, train_size, cfg.data.dataset, num_classes, max_iter,
+            max_iter * cfg.solver.batch_size / train_size,
+        )
+
+    optimizer = build_optimizer(model, cfg.solver)
+    scheduler = build_lr_scheduler(optimizer, cfg.solver, max_iter=max_iter, steps=steps)
+
+    def make_loader(start_iter: int):
+        if start_iter == 0:
+            return train_loader
+        return build_classification_loaders(cfg, start_iter=start_iter, rank=dist.rank, world_size=dist.world_size)[0]
+
+    on_gpu = dist.device.type == "cuda"
+    channels_last = cfg.train.channels_last and on_gpu
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+
+    def step_fn(m, batch):
+        images, labels = batch
+        images = images.to(dist.device, non_blocking=on_gpu, memory_format=memory_format)
+        labels = labels.to(dist.device, non_blocking=on_gpu)
+        logits = m(images)
+        loss = F.cross_entropy(logits.float(), labels)
+        top1 = topk_correct(logits.detach(), labels, ks=(1,))[0]
+        return {"loss_cls": loss}, {"top1_err": 100.0 - 100.0 * float(top1) / len(labels)}
+
+    def eval_fn(m, iteration):
+        metrics = evaluate_classifier(
+            m, val_loader, dist.device, ten_crop=cfg.input.ten_crop_test, channels_last=channels_last
+        )
+        if dist.rank == 0:
+            logger.info(
+                "iteration %d: val top-1 error %.2f%%, top-5 error %.2f%% (%d images)",
+                iteration, metrics["top1_err"], metrics["top5_err"], metrics["num_images"],
+            )
+        return {f"val/{k}": v for k, v in metrics.items() if k != "num_images"}
+
+    trainer = Trainer(
+        model=model,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        make_loader=make_loader,
+        step_fn=step_fn,
+        max_iter=max_iter,
+        output_dir=output_dir,
+        checkpoint_period=cfg.train.checkpoint_period,
+        log_period=cfg.train.log_period,
+        eval_fn=eval_fn,
+        eval_period=cfg.train.eval_period,
+        device=dist.device,
+        amp=cfg.train.amp,
+        clip_grad_norm=cfg.solver.clip_grad_norm,
+        nonfinite_loss=cfg.solver.nonfinite_loss,
+        meta=meta,
+        config_text=OmegaConf.to_yaml(cfg, resolve=True),
+        max_keep=cfg.train.max_checkpoints_kept,
+        dist=dist,
+        channels_last=channels_last,
+    )
+    trainer.resume_or_load(resume)
+    return trainer.train()
