@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 DEMO_DIR ?= output/demo
 
-.PHONY: venv test demo bench clean
+.PHONY: venv test demo clean
 
 venv: $(STAMP)
 
@@ -21,3 +21,16 @@ test: venv
 
 clean:
 	rm -rf $(VENV) build *.egg-info
+
+# The whole chain on generated data, no download: pretrain a ResNet-18 on shapes classification,
+# fine-tune Faster R-CNN R18-FPN from it, evaluate (pycocotools), draw detections. Each step
+# resumes or skips what an earlier `make demo` finished.
+DEMO_DET_ARGS ?=
+demo: venv
+	$(PY) tools/train_cls.py --config configs/classification/shapes.yaml --output $(DEMO_DIR)/cls --resume
+	$(PY) tools/train_det.py --config configs/shapes/faster_rcnn_fpn.yaml --weights $(DEMO_DIR)/cls/model_final.pth \
+		--output $(DEMO_DIR)/det --resume datasets.test=[] $(DEMO_DET_ARGS)
+	$(PY) tools/eval.py --run $(DEMO_DIR)/det --output $(DEMO_DIR)/eval
+	$(PY) tools/infer.py --run $(DEMO_DIR)/det --input $${RESNET_DET_DATASETS:-datasets}/shapes/val --max-images 6 \
+		--output $(DEMO_DIR)/infer
+	@echo "report: $(DEMO_DIR)/eval/report.md, PR curves: $(DEMO_DIR)/eval/pr_curves.png, drawn: $(DEMO_DIR)/infer/"

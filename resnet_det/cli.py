@@ -6,6 +6,18 @@ import sys
 from resnet_det.errors import USER_ERRORS
 
 
+def user_message(error: BaseException) -> str:
+    """The error's own one line, also when a DataLoader worker raised it: PyTorch re-raises those
+    in the main process with the worker's whole traceback in the message, the original last."""
+    text = str(error).strip()
+    lines = text.splitlines()
+    if lines and lines[0].startswith("Caught ") and "DataLoader worker" in lines[0]:
+        prefix = f"{type(error).__module__}.{type(error).__qualname__}: "
+        last = lines[-1]
+        return last[len(prefix):] if last.startswith(prefix) else last
+    return text
+
+
 def main_guard(main):
     """Run ``main``; print a user error as ``error: <message>`` and exit with status 2.
 
@@ -21,7 +33,7 @@ def main_guard(main):
         except USER_ERRORS as e:
             if os.environ.get("RESNET_DET_TRACEBACK"):
                 raise
-            print(f"error: {e}", file=sys.stderr)
+            print(f"error: {user_message(e)}", file=sys.stderr)
             sys.exit(2)
         except KeyboardInterrupt:
             print("interrupted", file=sys.stderr)

@@ -53,7 +53,7 @@ def parse_args(argv=None):
     parser.add_argument("--output", metavar="DIR", help="folder for the report files (with --run: DIR/eval/NAME)")
     parser.add_argument("--device", help="auto | cpu | cuda | cuda:N, for the model (default: the config's)")
     parser.add_argument("opts", nargs="*", metavar="KEY=VALUE", help="config overrides, for --run / --config")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)
 
     modes = [m for m in ("results", "run", "config", "compare") if getattr(args, m)]
     if len(modes) != 1:

@@ -41,9 +41,10 @@ def parse_args(argv=None):
     parser.add_argument("--input", required=True, help="an image, a folder of images, or a video file")
     parser.add_argument("--output", required=True, metavar="DIR", help="where the drawn images and detections.json go")
     parser.add_argument("--score-thresh", type=float, default=0.5, help="keep detections scoring at least this (default 0.5)")
+    parser.add_argument("--max-images", type=int, metavar="N", help="with a folder: only its first N images (sorted by name)")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     parser.add_argument("opts", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. input.min_size_test=800")
-    return parser.parse_args(argv)
+    return parser.parse_intermixed_args(argv)
 
 
 def _as_json(name, det, class_names):
@@ -112,7 +113,7 @@ def main(argv=None):
     output.mkdir(parents=True, exist_ok=True)
 
     if source.is_dir():
-        paths = sorted(p for p in source.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        paths = sorted(p for p in source.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)[: args.max_images]
         if not paths:
             raise DatasetError(f"--input {source} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
         results = infer_images(predictor, paths, output, args.score_thresh)

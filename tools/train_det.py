@@ -39,7 +39,7 @@ def parse_args(argv=None):
     parser.add_argument("--val-json", metavar="FILE", help="your own COCO-format validation annotations")
     parser.add_argument("--val-images", metavar="DIR", help="the images folder of --val-json")
     add_training_args(parser)
-    return parser.parse_args(argv)
+    return parser.parse_intermixed_args(argv)
 
 
 def build_config(args):

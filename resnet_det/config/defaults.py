@@ -109,6 +109,10 @@ class DetInputConfig:
     min_size_test: int = 600
     max_size_test: int = 1000
     hflip_prob: float = 0.5
+    # Batches are zero-padded to a multiple of this (at least 32, the largest stride). Coarser
+    # padding means fewer distinct batch shapes: oneDNN (CPU) and cuDNN benchmark mode prepare
+    # every new shape anew, which costs seconds per shape on a CPU.
+    size_divisibility: int = 32
 
 
 @dataclass

@@ -163,6 +163,8 @@ def build_detector(cfg: DictConfig, num_classes: int) -> FasterRCNN:
         box_batch_size_per_image=r.batch_size_per_image,
         box_positive_fraction=r.positive_fraction,
     )
-    model.transform = DetectionTransform(input_format)
+    if cfg.input.size_divisibility < 32 or cfg.input.size_divisibility % 32:
+        raise ConfigError(f"input.size_divisibility={cfg.input.size_divisibility} must be a multiple of 32 (the coarsest stride)")
+    model.transform = DetectionTransform(input_format, size_divisible=cfg.input.size_divisibility)
     model.backbone_input_format = input_format
     return model
