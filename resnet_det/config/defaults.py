@@ -18,7 +18,7 @@ class BackboneConfig:
     norm: str = "frozen_bn"  # bn | frozen_bn | gn | syncbn
     freeze_at: int = 2  # 0 = train all; 1 = freeze the stem; k = stem and res2..res<k>
     shortcut: Optional[str] = None  # A | B | C; null = the model's default (B ImageNet, A CIFAR)
-    # null = follow the weights (True for MSRA .pkl, False for torchvision), else False.
+    # null = follow the weights (True for MSRA .pkl, False for torchvision), else True (the paper's).
     stride_in_1x1: Optional[bool] = None
 
 
