@@ -87,7 +87,7 @@ def training_overrides(args, weights_key: str, data_root_key: str) -> list:
     if args.lr is not None:
         # An explicit lr is the lr to use: make the scaling rule an identity.
         out.append(f"solver.base_lr={args.lr}")
-        out.append(f"solver.reference_batch_size=${{solver.batch_size}}")
+        out.append("solver.reference_batch_size=${solver.batch_size}")
     if args.weights:
         out.append(f"{weights_key}={args.weights}")
     if args.data_root:

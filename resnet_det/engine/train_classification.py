@@ -149,27 +149,17 @@ def train_classifier(cfg: DictConfig, resume: bool = False) -> Dict[str, float]:
             )
         return {f"val/{k}": v for k, v in metrics.items() if k != "num_images"}
 
-    trainer = Trainer(
+    trainer = Trainer.from_config(
+        cfg,
+        dist=dist,
+        max_iter=max_iter,
         model=model,
         optimizer=optimizer,
         scheduler=scheduler,
         make_loader=make_loader,
         step_fn=step_fn,
-        max_iter=max_iter,
-        output_dir=output_dir,
-        checkpoint_period=cfg.train.checkpoint_period,
-        log_period=cfg.train.log_period,
         eval_fn=eval_fn,
-        eval_period=cfg.train.eval_period,
-        device=dist.device,
-        amp=cfg.train.amp,
-        clip_grad_norm=cfg.solver.clip_grad_norm,
-        nonfinite_loss=cfg.solver.nonfinite_loss,
         meta=meta,
-        config_text=OmegaConf.to_yaml(cfg, resolve=True),
-        max_keep=cfg.train.max_checkpoints_kept,
-        dist=dist,
-        channels_last=channels_last,
     )
     trainer.resume_or_load(resume)
     return trainer.train()

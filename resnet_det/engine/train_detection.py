@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Dict, List, Tuple
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from resnet_det.config import config_hash, save_config
 from resnet_det.data.build import build_detection_test_loader, build_detection_train_loader
@@ -134,26 +134,16 @@ def train_detector(cfg: DictConfig, resume: bool = False) -> Dict:
             scores.update({f"{name}/{k}": v for k, v in report.get("summary", {}).items()})
         return scores
 
-    trainer = Trainer(
+    trainer = Trainer.from_config(
+        cfg,
+        dist=dist,
         model=model,
         optimizer=optimizer,
         scheduler=scheduler,
         make_loader=make_loader,
         step_fn=step_fn,
-        max_iter=cfg.solver.max_iter,
-        output_dir=output_dir,
-        checkpoint_period=cfg.train.checkpoint_period,
-        log_period=cfg.train.log_period,
         eval_fn=eval_fn if len(cfg.datasets.test) else None,
-        eval_period=cfg.train.eval_period,
-        device=dist.device,
-        amp=cfg.train.amp,
-        clip_grad_norm=cfg.solver.clip_grad_norm,
-        nonfinite_loss=cfg.solver.nonfinite_loss,
         meta=meta,
-        config_text=OmegaConf.to_yaml(cfg, resolve=True),
-        max_keep=cfg.train.max_checkpoints_kept,
-        dist=dist,
     )
     trainer.resume_or_load(resume)
     return trainer.train()

@@ -135,6 +135,30 @@ class Trainer:
     state after 100 iterations.
     """
 
+    @classmethod
+    def from_config(cls, cfg, *, dist: DistInfo, max_iter: Optional[int] = None, **parts) -> "Trainer":
+        """A trainer with the settings of ``cfg.solver`` and ``cfg.train`` (shared by detection and
+        classification); ``parts`` are the run's own: model, optimizer, scheduler, make_loader,
+        step_fn, eval_fn, meta."""
+        from omegaconf import OmegaConf
+
+        return cls(
+            max_iter=cfg.solver.max_iter if max_iter is None else max_iter,
+            output_dir=cfg.train.output_dir,
+            checkpoint_period=cfg.train.checkpoint_period,
+            log_period=cfg.train.log_period,
+            eval_period=cfg.train.eval_period,
+            device=dist.device,
+            amp=cfg.train.amp,
+            clip_grad_norm=cfg.solver.clip_grad_norm,
+            nonfinite_loss=cfg.solver.nonfinite_loss,
+            config_text=OmegaConf.to_yaml(cfg, resolve=True),
+            max_keep=cfg.train.max_checkpoints_kept,
+            dist=dist,
+            channels_last=cfg.train.channels_last and dist.device.type == "cuda",
+            **parts,
+        )
+
     def __init__(
         self,
         *,
