@@ -30,7 +30,7 @@ demo: venv
 	$(PY) tools/train_cls.py --config configs/classification/shapes.yaml --output $(DEMO_DIR)/cls --resume
 	$(PY) tools/train_det.py --config configs/shapes/faster_rcnn_fpn.yaml --weights $(DEMO_DIR)/cls/model_final.pth \
 		--output $(DEMO_DIR)/det --resume datasets.test=[] $(DEMO_DET_ARGS)
-	$(PY) tools/eval.py --run $(DEMO_DIR)/det --output $(DEMO_DIR)/eval
+	$(PY) tools/eval.py --run $(DEMO_DIR)/det --dataset shapes_val --output $(DEMO_DIR)/eval
 	$(PY) tools/infer.py --run $(DEMO_DIR)/det --input $${RESNET_DET_DATASETS:-datasets}/shapes/val --max-images 6 \
 		--output $(DEMO_DIR)/infer
 	@echo "report: $(DEMO_DIR)/eval/report.md, PR curves: $(DEMO_DIR)/eval/pr_curves.png, drawn: $(DEMO_DIR)/infer/"

@@ -104,6 +104,8 @@ def evaluate_model(args):
     loaded = load_detector(run=args.run, config=args.config, weights=args.weights, overrides=overrides)
     cfg = loaded.cfg
     register_from_config(cfg.datasets)
+    if not args.dataset and not cfg.datasets.test:
+        raise EvaluationError(f"the config of {loaded.checkpoint} names no test set (datasets.test): give --dataset NAME")
     dataset = args.dataset or cfg.datasets.test[0]
     records, metadata = get_dataset(dataset, root=cfg.datasets.root, policy=BadRecordPolicy.from_config(cfg.datasets))
     if list(loaded.meta["class_names"]) != list(metadata["class_names"]):
