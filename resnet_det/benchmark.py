@@ -4,7 +4,8 @@ Both models are built with identical settings (image size, proposals before/afte
 detections per image, threads, number of classes) and timed alternately, run by run, so that a
 machine whose speed drifts slows both alike and the ratios stay honest. With random weights the
 number of proposals would depend on what the weights happen to propose, so the RPN's NMS is
-disabled (IoU threshold 1.0): exactly ``post_nms_topk`` proposals reach the box head in both.
+disabled (IoU threshold 1.0): exactly ``post_nms_topk`` proposals reach the box head in both, and
+RoIAlign takes torchvision's fixed 2x2 samples per bin in both.
 
 Peak memory is the process's resident set high-water mark (Linux ``VmHWM``, reset before each
 measure through ``/proc/self/clear_refs``) on CPU, and ``torch.cuda.max_memory_allocated`` on GPU.
@@ -137,6 +138,9 @@ def detection_config(s: Settings, training: bool):
             "model.backbone.weights=null",
             f"model.anchors.sizes={[[32], [64], [128], [256], [512]] if s.head == 'fpn' else [[32, 64, 128, 256, 512]]}",
             f"model.roi_heads.pooler_resolution={7 if s.head == 'fpn' else 14}",
+            # torchvision's fixed 2x2 samples per bin: with adaptive sampling (0) the cost of
+            # RoIAlign would follow the sizes of whatever boxes random weights propose.
+            "model.roi_heads.sampling_ratio=2",
             f"model.rpn.pre_nms_topk_test={s.proposals}",
             f"model.rpn.post_nms_topk_test={s.proposals}",
             f"model.rpn.pre_nms_topk_train={s.proposals * 2}",

@@ -107,3 +107,17 @@ def test_to_channels_last_converts_weights_and_input_batches():
     with torch.no_grad():
         model(images)
     assert seen[0].is_contiguous(memory_format=torch.channels_last)
+
+
+def test_compiled_backbone_matches_plain_path_and_keeps_state_dict_names():
+    """torch.compile of the backbone (aot_eager: the compiler's graph capture without generating C++)."""
+    model, images = model_and_images("fpn")
+    with torch.inference_mode():
+        plain = model(images)
+    fast_model = prepare_for_inference(model, compile_backend="aot_eager")
+    assert fast_model.backbone._compiled_call_impl is not None
+    assert model.backbone._compiled_call_impl is None
+    with torch.no_grad():
+        fast = fast_model(images)
+    assert_same_detections(plain, fast)
+    assert fast_model.state_dict().keys() == prepare_for_inference(model).state_dict().keys()

@@ -116,7 +116,8 @@ def evaluate_model(args):
 
     dist = init_distributed(cfg.train.device, cfg.train.collective_timeout_s)
     model = prepare_for_inference(
-        loaded.model.to(dist.device), fold_bn=cfg.test.fold_frozen_bn, channels_last=dist.device.type == "cuda"
+        loaded.model.to(dist.device), fold_bn=cfg.test.fold_frozen_bn, channels_last=dist.device.type == "cuda",
+        compile_backend=cfg.test.compile_backbone,
     )
     loader = build_detection_test_loader(cfg, records, rank=dist.rank, world_size=dist.world_size)
     detections = run_inference(model, loader, metadata["label_to_category_id"], dist.device)

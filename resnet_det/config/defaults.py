@@ -153,6 +153,10 @@ class TrainConfig:
     eval_period: int = 0  # 0 = evaluate only at the end
     log_period: int = 20
     channels_last: bool = True  # on GPU
+    # cuDNN picks the fastest kernels per input shape (GPU; off with `deterministic`). Keep batch
+    # shapes few (input.size_divisibility) or it benchmarks anew for every new shape.
+    cudnn_benchmark: bool = True
+    compile_backbone: Optional[str] = None  # a torch.compile backend (e.g. inductor); null = eager
     collective_timeout_s: int = 600  # a dead torchrun worker stops the others after this
 
 
@@ -161,6 +165,7 @@ class TestConfig:
     batch_size: int = 2
     metric: Optional[str] = None  # coco | voc07 | voc10; null = by dataset
     fold_frozen_bn: bool = True  # fast path: fold frozen BN into the convolutions for inference
+    compile_backbone: Optional[str] = None  # fast path: a torch.compile backend (e.g. inductor); null = eager
 
 
 @dataclass

@@ -96,7 +96,8 @@ class Predictor:
         self.class_names: List[str] = list(loaded.meta["class_names"])
         self.device = device
         self.model = prepare_for_inference(
-            loaded.model, fold_bn=self.cfg.test.fold_frozen_bn, channels_last=device.type == "cuda"
+            loaded.model, fold_bn=self.cfg.test.fold_frozen_bn, channels_last=device.type == "cuda",
+            compile_backend=self.cfg.test.compile_backbone,
         )
         self.score_thresh = self.cfg.model.roi_heads.score_thresh if score_thresh is None else score_thresh
 

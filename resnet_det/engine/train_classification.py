@@ -89,7 +89,7 @@ def _build_model(cfg: DictConfig, num_classes: int) -> torch.nn.Module:
 def train_classifier(cfg: DictConfig, resume: bool = False) -> Dict[str, float]:
     """Train as ``cfg`` says; returns the last logged scalars and the final ``val/`` metrics."""
     dist = dist_utils.init_distributed(cfg.train.device, cfg.train.collective_timeout_s)
-    set_deterministic(cfg.train.seed + dist.rank, cfg.train.deterministic)
+    set_deterministic(cfg.train.seed + dist.rank, cfg.train.deterministic, cfg.train.cudnn_benchmark)
     output_dir = Path(cfg.train.output_dir)
 
     train_loader, val_loader, class_names = build_classification_loaders(

@@ -24,7 +24,7 @@ from resnet_det.engine.trainer import Trainer, set_deterministic
 from resnet_det.errors import DatasetError
 from resnet_det.evaluation.evaluator import evaluate_detections
 from resnet_det.evaluation.report import format_table, write_report
-from resnet_det.modeling import build_detector, prepare_for_inference
+from resnet_det.modeling import build_detector, compile_backbone, prepare_for_inference
 
 logger = logging.getLogger(__name__)
 
@@ -68,7 +68,10 @@ def evaluate_detector(
     rank, world_size = dist_utils.get_rank(), dist_utils.get_world_size()
     loader = build_detection_test_loader(cfg, records, rank=rank, world_size=world_size)
     # A folded copy: the model being trained keeps its own modules and state dict.
-    fast = prepare_for_inference(model, fold_bn=cfg.test.fold_frozen_bn, channels_last=device.type == "cuda")
+    fast = prepare_for_inference(
+        model, fold_bn=cfg.test.fold_frozen_bn, channels_last=device.type == "cuda",
+        compile_backend=cfg.test.compile_backbone,
+    )
     detections = run_inference(fast, loader, metadata["label_to_category_id"], device, progress=progress)
     report = {}
     if rank == 0:
@@ -85,7 +88,7 @@ def train_detector(cfg: DictConfig, resume: bool = False) -> Dict:
     """Train as ``cfg`` says; returns the final evaluation report (empty on non-zero ranks)."""
     dist = dist_utils.init_distributed(cfg.train.device, cfg.train.collective_timeout_s)
     dist_utils.per_process_batch_size(cfg.solver.batch_size, dist.world_size)
-    set_deterministic(cfg.train.seed + dist.rank, cfg.train.deterministic)
+    set_deterministic(cfg.train.seed + dist.rank, cfg.train.deterministic, cfg.train.cudnn_benchmark)
     output_dir = Path(cfg.train.output_dir)
 
     records, metadata = load_training_data(cfg)
@@ -96,6 +99,8 @@ def train_detector(cfg: DictConfig, resume: bool = False) -> Dict:
             "classes: drop model.num_classes to take it from the data"
         )
     model = build_detector(cfg, num_classes).to(dist.device)
+    if cfg.train.compile_backbone:
+        compile_backbone(model, cfg.train.compile_backbone)
     meta = detection_meta(cfg, model, metadata)
     if dist.rank == 0:
         output_dir.mkdir(parents=True, exist_ok=True)

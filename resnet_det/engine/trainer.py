@@ -57,10 +57,11 @@ class TrainingInterrupted(TrainingError):
         self.checkpoint = checkpoint
 
 
-def set_deterministic(seed: int, deterministic: bool = False) -> None:
+def set_deterministic(seed: int, deterministic: bool = False, cudnn_benchmark: bool = False) -> None:
     """Seed Python, NumPy and torch (all GPUs); with ``deterministic``, also ask for
     deterministic kernels (warning, not failing, where an op has none, e.g. some CUDA backwards).
 
+    Otherwise ``cudnn_benchmark`` lets cuDNN time its kernels per input shape (GPU only).
     Call it before building the model so that initial weights follow ``seed`` too.
     """
     random.seed(seed)
@@ -72,6 +73,8 @@ def set_deterministic(seed: int, deterministic: bool = False) -> None:
         torch.use_deterministic_algorithms(True, warn_only=True)
         torch.backends.cudnn.deterministic = True
         torch.backends.cudnn.benchmark = False
+    else:
+        torch.backends.cudnn.benchmark = cudnn_benchmark
 
 
 def _amp_setup(device: torch.device, amp: bool) -> Tuple[Optional[torch.dtype], Optional[torch.amp.GradScaler]]:

@@ -7,6 +7,7 @@ for the C4 head's res5 too: it is the backbone's layer4 with the same frozen BN.
 """
 
 import copy
+from typing import Optional
 
 import torch
 from torch import nn
@@ -62,7 +63,17 @@ def to_channels_last(model: nn.Module) -> nn.Module:
     return model
 
 
-def prepare_for_inference(model: nn.Module, fold_bn: bool = True, channels_last: bool = True) -> nn.Module:
+def compile_backbone(model: nn.Module, backend: str) -> nn.Module:
+    """Compile the detector's backbone with ``torch.compile`` (in place, keeping the state dict's
+    names: ``Module.compile``, not a wrapper). The backbone is where the time goes and its shapes
+    are few (see ``input.size_divisibility``); the RPN and RoI heads have data-dependent sizes."""
+    model.backbone.compile(backend=backend, dynamic=False)
+    return model
+
+
+def prepare_for_inference(
+    model: nn.Module, fold_bn: bool = True, channels_last: bool = True, compile_backend: Optional[str] = None
+) -> nn.Module:
     """A copy of ``model`` for inference (eval mode, no gradients), with the fast-path switches applied.
 
     A copy, because folding rewrites the modules: the model being trained (and checkpointed) is left
@@ -71,8 +82,13 @@ def prepare_for_inference(model: nn.Module, fold_bn: bool = True, channels_last:
     if isinstance(model, nn.parallel.DistributedDataParallel):
         model = model.module
     model = copy.deepcopy(model).eval().requires_grad_(False)
+    for module in model.modules():
+        # A copied compiled forward would still run the original module: compile the copy anew.
+        module._compiled_call_impl = None
     if fold_bn:
         fold_frozen_bn(model)
     if channels_last:
         to_channels_last(model)
+    if compile_backend:
+        compile_backbone(model, compile_backend)
     return model
