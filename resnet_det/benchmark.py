@@ -71,6 +71,7 @@ class Settings:
     threads: int = field(default_factory=torch.get_num_threads)
     device: str = "cpu"
     fast_path: bool = True
+    compile_backend: Optional[str] = None  # torch.compile the backbone for inference (test.compile_backbone)
     workers: int = 2
 
 
@@ -198,7 +199,7 @@ def bench_inference(s: Settings, device: torch.device) -> Dict[str, Figure]:
     images = synthetic_images(s.batch, height, width)
     ours = build_detector(detection_config(s, training=False), COCO_CLASSES).eval().to(device)
     if s.fast_path:
-        ours = prepare_for_inference(ours, fold_bn=True, channels_last=True)
+        ours = prepare_for_inference(ours, fold_bn=True, channels_last=True, compile_backend=s.compile_backend)
     stock = stock_model(s, training=False).eval().to(device)
     ours_in = [torch.from_numpy(im).permute(2, 0, 1).to(device) for im in images]
     stock_in = [t.float().div(255) for t in ours_in]

@@ -4,6 +4,7 @@ Examples:
   python tools/benchmark.py                                    # R50-FPN, CPU, all measures
   python tools/benchmark.py --backbone r101 --head c4 --size 600 --proposals 300
   python tools/benchmark.py --only inference train --runs 7 --json bench.json
+  python tools/benchmark.py --only inference --compile inductor   # the optional compiled backbone
   python tools/benchmark.py --device cuda --batch 4
 
 Measures: inference images/s at --size (short side) with --proposals RPN proposals per image;
@@ -48,6 +49,10 @@ def parse_args(argv=None):
     parser.add_argument("--runs", type=int, default=d.runs, help=f"timed runs (default {d.runs})")
     parser.add_argument("--device", default=d.device, help="cpu | cuda | cuda:N (default cpu)")
     parser.add_argument("--no-fast-path", action="store_true", help="measure our plain path (no BN folding, channels-last, inference_mode)")
+    parser.add_argument(
+        "--compile", metavar="BACKEND",
+        help="also torch.compile our backbone for inference (e.g. inductor; the first warm-up run compiles)",
+    )
     parser.add_argument("--only", nargs="+", choices=MEASURES, default=list(MEASURES), help="which measures (default: all)")
     parser.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     return parser.parse_args(argv)
@@ -63,7 +68,7 @@ def main(argv=None):
         backbone=args.backbone, head=args.head, size=args.size, max_size=args.max_size, proposals=args.proposals,
         detections=args.detections, batch=args.batch, train_size=args.train_size, train_batch=args.train_batch,
         warmup=args.warmup, runs=args.runs, threads=args.threads, device=args.device,
-        fast_path=not args.no_fast_path, workers=args.workers,
+        fast_path=not args.no_fast_path, compile_backend=args.compile, workers=args.workers,
     )
     result = run_benchmarks(settings, args.only)
     print(format_result(result))
