@@ -1,25 +1,12 @@
 """Bad input through tools/train_cls.py (a subprocess): one line `error: ...`, exit status 2, or a
 skip with a count where the user asked for it (data.skip_bad_images=true)."""
 
-import os
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
 from data_fixtures import make_image_folder
-
-TOOL = Path(__file__).resolve().parents[1] / "tools" / "train_cls.py"
-QUICK = ("--device", "cpu", "--max-iter", "2", "--batch-size", "4", "train.log_period=1")
-
-
-def run_tool(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k != "RESNET_DET_TRACEBACK"}
-    env["RESNET_DET_DATASETS"] = str(cwd / "no-datasets-here")
-    return subprocess.run(
-        [sys.executable, str(TOOL), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=120
-    )
+from test_cls_tool import QUICK, run_tool
 
 
 def assert_one_line_error(proc: subprocess.CompletedProcess, *fragments: str) -> str:

@@ -166,7 +166,6 @@ def test_flag_combinations_are_checked(eval_tool, capsys, argv, expected):
 
 
 def test_results_on_a_registered_voc_split(eval_tool, shared_data, tmp_path, capsys):
-    import resnet_det.data.voc  # noqa: F401  (registers the VOC splits)
     from resnet_det.data.catalog import get_dataset
 
     root = shared_data / "voc_mini"

@@ -128,7 +128,6 @@ def test_a_detection_in_another_image_is_a_false_positive():
 
 @pytest.fixture
 def voc_mini(shared_data):
-    import resnet_det.data.voc  # noqa: F401  (registers the VOC splits)
     from resnet_det.data.catalog import get_dataset
 
     return lambda name: get_dataset(name, root=shared_data / "voc_mini")
