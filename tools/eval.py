@@ -93,11 +93,10 @@ def evaluate_model(args):
     Imported here, not at the top: the --results and --compare paths need neither torch nor a model.
     """
     from resnet_det.config import config_hash
-    from resnet_det.data import BadRecordPolicy, build_detection_test_loader, get_dataset, register_from_config
+    from resnet_det.data import BadRecordPolicy, get_dataset, register_from_config
     from resnet_det.engine.distributed import init_distributed
-    from resnet_det.engine.inference import run_inference
+    from resnet_det.engine.inference import detect_on_records
     from resnet_det.engine.predictor import load_detector
-    from resnet_det.modeling import prepare_for_inference
 
     overrides = [*args.opts, *([f"train.device={args.device}"] if args.device else [])]
     overrides += [f"datasets.root={args.data_root}"] if args.data_root else []
@@ -115,12 +114,7 @@ def evaluate_model(args):
         )
 
     dist = init_distributed(cfg.train.device, cfg.train.collective_timeout_s)
-    model = prepare_for_inference(
-        loaded.model.to(dist.device), fold_bn=cfg.test.fold_frozen_bn, channels_last=dist.device.type == "cuda",
-        compile_backend=cfg.test.compile_backbone,
-    )
-    loader = build_detection_test_loader(cfg, records, rank=dist.rank, world_size=dist.world_size)
-    detections = run_inference(model, loader, metadata["label_to_category_id"], dist.device)
+    detections = detect_on_records(loaded.model.to(dist.device), cfg, records, metadata, dist.device)
     if not dist.is_main:
         return None, detections
     metric = args.metric or cfg.test.metric

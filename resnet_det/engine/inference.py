@@ -10,7 +10,9 @@ from typing import Dict, Iterable, List, Mapping
 import torch
 from tqdm import tqdm
 
+from resnet_det.data.build import build_detection_test_loader
 from resnet_det.engine import distributed as dist_utils
+from resnet_det.modeling import prepare_for_inference
 
 
 def detections_to_coco(
@@ -62,3 +64,20 @@ def run_inference(
         results = [d for part in dist_utils.all_gather_object(results) for d in part]
     results.sort(key=lambda d: (d["image_id"], -d["score"]))
     return results
+
+
+def detect_on_records(
+    model: torch.nn.Module, cfg, records: List[Dict], metadata: Mapping, device: torch.device, progress: bool = True
+) -> List[Dict]:
+    """Detections of ``model`` on ``records`` through the test loader and the inference fast path
+    (``cfg.test``), each rank taking its shard. ``model`` itself is left as it was (trainable)."""
+    loader = build_detection_test_loader(
+        cfg, records, rank=dist_utils.get_rank(), world_size=dist_utils.get_world_size()
+    )
+    fast = prepare_for_inference(
+        model,
+        fold_bn=cfg.test.fold_frozen_bn,
+        channels_last=device.type == "cuda",
+        compile_backend=cfg.test.compile_backbone,
+    )
+    return run_inference(fast, loader, metadata["label_to_category_id"], device, progress=progress)

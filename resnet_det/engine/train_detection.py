@@ -14,17 +14,17 @@ import torch
 from omegaconf import DictConfig
 
 from resnet_det.config import config_hash, save_config
-from resnet_det.data.build import build_detection_test_loader, build_detection_train_loader
+from resnet_det.data.build import build_detection_train_loader
 from resnet_det.data.catalog import get_dataset, get_datasets, register_from_config
 from resnet_det.engine import distributed as dist_utils
 from resnet_det.engine.checkpoint import atomic_write_text
-from resnet_det.engine.inference import run_inference
+from resnet_det.engine.inference import detect_on_records
 from resnet_det.engine.solver import build_lr_scheduler, build_optimizer
 from resnet_det.engine.trainer import Trainer, set_deterministic
 from resnet_det.errors import DatasetError
 from resnet_det.evaluation.evaluator import evaluate_detections
 from resnet_det.evaluation.report import format_table, write_report
-from resnet_det.modeling import build_detector, compile_backbone, prepare_for_inference
+from resnet_det.modeling import build_detector, compile_backbone
 
 logger = logging.getLogger(__name__)
 
@@ -65,16 +65,9 @@ def evaluate_detector(
 ) -> Dict:
     """Inference on one registered split, then its metric; rank 0 writes the report files."""
     records, metadata = get_dataset(dataset_name, root=cfg.datasets.root, policy=cfg.datasets)
-    rank, world_size = dist_utils.get_rank(), dist_utils.get_world_size()
-    loader = build_detection_test_loader(cfg, records, rank=rank, world_size=world_size)
-    # A folded copy: the model being trained keeps its own modules and state dict.
-    fast = prepare_for_inference(
-        model, fold_bn=cfg.test.fold_frozen_bn, channels_last=device.type == "cuda",
-        compile_backend=cfg.test.compile_backbone,
-    )
-    detections = run_inference(fast, loader, metadata["label_to_category_id"], device, progress=progress)
+    detections = detect_on_records(model, cfg, records, metadata, device, progress=progress)
     report = {}
-    if rank == 0:
+    if dist_utils.is_main_process():
         report = evaluate_detections(detections, records, metadata, metric=cfg.test.metric)
         report.update(
             {"dataset": dataset_name, "checkpoint": checkpoint, "config_hash": config_hash(cfg)}
