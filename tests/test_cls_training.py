@@ -14,6 +14,7 @@ import torch
 from backbones import build_backbone
 from resnet_det.config import ClassificationConfig, DetectionConfig, load_config
 from resnet_det.engine.train_classification import derive_schedule, train_classifier
+from resnet_det.errors import ConfigError
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "classification"
 
@@ -111,6 +112,49 @@ def test_resume_gives_the_weights_of_a_straight_run(tmp_path):
     assert [r["iteration"] for r in read_metrics(resumed) if "loss_cls" in r] == [4, 6]
     start = torch.load(straight / "model_0000003.pth", weights_only=False)["model"]
     assert not torch.equal(start["conv1.weight"], b["conv1.weight"])
+
+
+@pytest.mark.parametrize(
+    "rule, expected_lrs",
+    [
+        # A threshold no error can beat: the first evaluation (iteration 2) sets the best, the
+        # next (4) divides the lr from iteration 5 on. The checkpoint of iteration 4 is written
+        # after its evaluation, so the resumed run starts with that drop.
+        (("solver.lr_policy=plateau", "solver.plateau_patience=1", "solver.plateau_threshold=100",
+          "train.eval_period=2"), {2: 0.1, 4: 0.1, 6: 0.01}),
+        # An error (nearly) every batch is below: the warm-up ends once the window is full (2 iterations).
+        (("solver.warmup_until_error=100", "solver.warmup_factor=0.1"), {2: 0.01, 4: 0.1, 6: 0.1}),
+    ],
+    ids=["plateau", "warmup_until_error"],
+)
+def test_the_schedule_rules_follow_the_run_and_resume_exactly(tmp_path, monkeypatch, rule, expected_lrs):
+    from resnet_det.engine import solver
+
+    monkeypatch.setattr(solver, "TRAIN_ERROR_WINDOW", 2)
+    data = make_learnable_folder(tmp_path / "data")
+    options = ("model.name=cifar_r8", "solver.max_iter=6", "train.checkpoint_period=2", "train.max_checkpoints_kept=5",
+               "solver.base_lr=0.1", "solver.reference_batch_size=8", *rule)
+    straight = tmp_path / "straight"
+    train_classifier(tiny_cfg(data, straight, *options))
+    lrs = {r["iteration"]: r["lr"] for r in read_metrics(straight) if "lr" in r}
+    assert lrs == pytest.approx(expected_lrs)
+
+    resumed = tmp_path / "resumed"
+    resumed.mkdir()
+    shutil.copy(straight / "model_0000004.pth", resumed / "model_0000004.pth")
+    (resumed / "last_checkpoint").write_text("model_0000004.pth\n")
+    train_classifier(tiny_cfg(data, resumed, *options), resume=True)
+    assert {r["iteration"]: r["lr"] for r in read_metrics(resumed) if "lr" in r} == pytest.approx({6: expected_lrs[6]})
+    a = torch.load(straight / "model_final.pth", weights_only=False)["model"]
+    b = torch.load(resumed / "model_final.pth", weights_only=False)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_the_plateau_rule_needs_evaluations(tmp_path):
+    data = make_learnable_folder(tmp_path / "data", per_class=2)
+    cfg = tiny_cfg(data, tmp_path / "run", "solver.lr_policy=plateau", "solver.max_iter=2")
+    with pytest.raises(ConfigError, match="solver.lr_policy=plateau reads the validation error .* set train.eval_period"):
+        train_classifier(cfg)
 
 
 def test_epochs_set_the_length_and_the_lr_drops():

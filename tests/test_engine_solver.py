@@ -104,3 +104,107 @@ def test_bad_schedules_are_config_errors(overrides, message):
     cfg = _cfg(**overrides)
     with pytest.raises(ConfigError, match=message):
         build_lr_scheduler(torch.optim.SGD(nn.Linear(1, 1).parameters(), lr=0.1), cfg)
+
+
+def _stepped_lrs(scheduler, optimizer, observe, values):
+    """Run one iteration per value: observe it, step; returns the lr each iteration trained at."""
+    lrs = []
+    for value in values:
+        lrs.append(optimizer.param_groups[0]["lr"])
+        observe(value)
+        optimizer.step()
+        scheduler.step()
+    return lrs
+
+
+def test_plateau_rule_divides_the_lr_when_the_validation_error_stops_improving():
+    cfg = _cfg(ClsSolverConfig, lr_policy="plateau", steps=[], plateau_patience=2, plateau_threshold=0.5,
+               base_lr=0.1, reference_batch_size=128, batch_size=128)
+    optimizer = build_optimizer(nn.Linear(2, 2), cfg)
+    scheduler = build_lr_scheduler(optimizer, cfg)
+    # One evaluation per iteration here. 40 beats 50; 39.8 and 39.9 do not beat 40 by 0.5 points:
+    # two in a row, so /10 from the next iteration. 30 is a new best; two more 30s: /10 again;
+    # the last 30 is the first of the next count.
+    errors = [50.0, 40.0, 39.8, 39.9, 30.0, 30.0, 30.0, 30.0]
+    lrs = _stepped_lrs(scheduler, optimizer, scheduler.observe_val_error, errors)
+    assert lrs == pytest.approx([0.1, 0.1, 0.1, 0.1, 0.01, 0.01, 0.01, 0.001])
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.001)
+    assert (scheduler.best_val_error, scheduler.plateau_drops) == (30.0, 2)
+
+    # The rule's progress is in the checkpoint (and the settings are not): a fresh scheduler
+    # loaded from it (with its optimiser, as the trainer resumes) takes the same next decisions.
+    state = scheduler.state_dict()
+    assert "patience" not in state and state["plateau_drops"] == 2 and state["evals_without_improvement"] == 1
+    restored_opt = build_optimizer(nn.Linear(2, 2), cfg)
+    restored = build_lr_scheduler(restored_opt, cfg)
+    restored_opt.load_state_dict(optimizer.state_dict())
+    restored.load_state_dict(state)
+    for s, o in ((scheduler, optimizer), (restored, restored_opt)):
+        assert _stepped_lrs(s, o, s.observe_val_error, [30.0, 30.0]) == pytest.approx([0.001, 0.0001])
+        assert o.param_groups[0]["lr"] == pytest.approx(0.0001)
+
+
+def test_steps_policy_ignores_validation_errors():
+    cfg = _cfg(ClsSolverConfig, steps=[3], base_lr=0.1, reference_batch_size=128, batch_size=128)
+    optimizer = build_optimizer(nn.Linear(2, 2), cfg)
+    scheduler = build_lr_scheduler(optimizer, cfg)
+    lrs = _stepped_lrs(scheduler, optimizer, scheduler.observe_val_error, [50.0] * 5)
+    assert lrs == pytest.approx([0.1, 0.1, 0.1, 0.01, 0.01])
+
+
+def test_warmup_lasts_until_the_running_training_error_is_below_the_threshold():
+    # The paper's ResNet-110 rule: 0.01 until the training error is below 80%, then 0.1.
+    cfg = _cfg(ClsSolverConfig, warmup_until_error=80.0, warmup_factor=0.1, warmup_iters=0)
+    optimizer = build_optimizer(nn.Linear(2, 2), cfg)
+    scheduler = build_lr_scheduler(optimizer, cfg)
+    assert scheduler.warming_up_by_error
+    window = solver_module.TRAIN_ERROR_WINDOW
+    # A lucky batch (10%) among 90% errors does not end it: the rule reads a running mean.
+    errors = [90.0] * 5 + [10.0] + [90.0] * 30
+    # Then 60%: the mean of the last `window` errors falls below 80 at the k-th 60 with
+    # 90 - 30 k / window < 80.
+    k = next(k for k in range(1, window + 1) if 90 - 30 * k / window < 80)
+    errors += [60.0] * k + [95.0] * 3  # once over, it stays over whatever the error does
+    lrs = _stepped_lrs(scheduler, optimizer, scheduler.observe_train_error, errors)
+    ends = 36 + k  # the first iteration at the full lr
+    assert lrs[:ends] == pytest.approx([0.01] * ends)
+    assert lrs[ends:] == pytest.approx([0.1] * 3)
+    assert scheduler.warmup_ended_at == ends and not scheduler.warming_up_by_error
+    # Steps still count from iteration 0 (32k and 48k in the recipe), after the warm-up.
+    assert scheduler.factor(32000) == pytest.approx(0.1)
+
+    state = scheduler.state_dict()
+    fresh = build_lr_scheduler(build_optimizer(nn.Linear(2, 2), cfg), cfg)
+    fresh.load_state_dict(state)
+    assert fresh.warmup_ended_at == ends and fresh.get_last_lr() == pytest.approx([0.1])
+
+
+def test_warmup_rule_state_mid_way_is_checkpointed():
+    cfg = _cfg(ClsSolverConfig, warmup_until_error=80.0, warmup_factor=0.1, warmup_iters=0)
+    window = solver_module.TRAIN_ERROR_WINDOW
+    a_opt = build_optimizer(nn.Linear(2, 2), cfg)
+    a = build_lr_scheduler(a_opt, cfg)
+    _stepped_lrs(a, a_opt, a.observe_train_error, [70.0] * (window - 1))
+    assert a.warming_up_by_error  # the window is not full yet
+    b_opt = build_optimizer(nn.Linear(2, 2), cfg)
+    b = build_lr_scheduler(b_opt, cfg)
+    b.load_state_dict(a.state_dict())
+    for s, o in ((a, a_opt), (b, b_opt)):
+        assert _stepped_lrs(s, o, s.observe_train_error, [70.0, 70.0]) == pytest.approx([0.01, 0.1])
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"lr_policy": "cosine"}, "solver.lr_policy='cosine': use one of steps, plateau"),
+        ({"lr_policy": "plateau"}, r"lr_policy=plateau decides the lr drops itself: set solver.steps=\[\]"),
+        ({"lr_policy": "plateau", "steps": [], "plateau_patience": 0}, "plateau_patience=0"),
+        ({"warmup_until_error": 80.0, "warmup_iters": 400}, "set solver.warmup_iters=0"),
+        ({"warmup_until_error": 80.0, "warmup_method": "linear"}, "solver.warmup_method=constant"),
+        ({"warmup_until_error": 180.0}, r"warmup_until_error=180.0: give a training error in percent"),
+    ],
+)
+def test_bad_rules_are_config_errors(overrides, message):
+    cfg = _cfg(ClsSolverConfig, **overrides)
+    with pytest.raises(ConfigError, match=message):
+        build_lr_scheduler(torch.optim.SGD(nn.Linear(1, 1).parameters(), lr=0.1), cfg)

@@ -116,10 +116,14 @@ class DetInputConfig:
 
 
 @dataclass
-class DataLoaderConfig:
+class ClsDataLoaderConfig:
     num_workers: int = 2
-    aspect_ratio_grouping: bool = True
     pin_memory: bool = True  # used on GPU only
+
+
+@dataclass
+class DataLoaderConfig(ClsDataLoaderConfig):
+    aspect_ratio_grouping: bool = True  # batches of images that are all wide or all tall
 
 
 @dataclass
@@ -156,8 +160,12 @@ class TrainConfig:
     # cuDNN picks the fastest kernels per input shape (GPU; off with `deterministic`). Keep batch
     # shapes few (input.size_divisibility) or it benchmarks anew for every new shape.
     cudnn_benchmark: bool = True
-    compile_backbone: Optional[str] = None  # a torch.compile backend (e.g. inductor); null = eager
     collective_timeout_s: int = 600  # a dead torchrun worker stops the others after this
+
+
+@dataclass
+class DetTrainConfig(TrainConfig):
+    compile_backbone: Optional[str] = None  # a torch.compile backend (e.g. inductor); null = eager
 
 
 @dataclass
@@ -175,7 +183,7 @@ class DetectionConfig:
     input: DetInputConfig = field(default_factory=DetInputConfig)
     dataloader: DataLoaderConfig = field(default_factory=DataLoaderConfig)
     solver: SolverConfig = field(default_factory=SolverConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
+    train: DetTrainConfig = field(default_factory=DetTrainConfig)
     test: TestConfig = field(default_factory=TestConfig)
 
 
@@ -212,6 +220,10 @@ class ClsInputConfig:
     pixel_mean: List[float] = field(default_factory=lambda: [123.675, 116.28, 103.53])
     pixel_std: List[float] = field(default_factory=lambda: [58.395, 57.12, 57.375])
     ten_crop_test: bool = False
+    # per_channel: subtract pixel_mean. per_pixel (the paper's): subtract the training set's mean
+    # image (at crop_size, computed when training starts; pixel_mean is then unused), and its
+    # channel means go into the checkpoint for detection. Both then divide by pixel_std.
+    mean_subtraction: str = "per_channel"
 
 
 @dataclass
@@ -222,8 +234,17 @@ class ClsSolverConfig(SolverConfig):
     max_iter: int = 64000
     steps: List[int] = field(default_factory=lambda: [32000, 48000])
     warmup_iters: int = 0
-    warmup_factor: float = 0.1  # with warmup_method constant and 400 iters: the paper's 0.01 warm-up (110+ layers)
+    warmup_factor: float = 0.1  # with warmup_until_error=80: the paper's 0.01 warm-up (110+ layers)
     warmup_method: str = "constant"
+    # The paper's ResNet-110 rule: lr * warmup_factor until the running training top-1 error
+    # (percent, over the last iterations) is below this; null = warm up for warmup_iters instead.
+    warmup_until_error: Optional[float] = None
+    # steps: divide by gamma at solver.steps. plateau (the paper's ImageNet rule): divide by gamma
+    # when the validation top-1 error (computed every train.eval_period iterations) has not
+    # improved by plateau_threshold points for plateau_patience evaluations in a row.
+    lr_policy: str = "steps"
+    plateau_patience: int = 5
+    plateau_threshold: float = 0.1
     # Count in epochs instead (ImageNet recipe): when set, max_iter and steps are derived from
     # epochs and step_epochs with the training set's size.
     epochs: Optional[int] = None
@@ -235,6 +256,6 @@ class ClassificationConfig:
     model: ClsModelConfig = field(default_factory=ClsModelConfig)
     data: ClsDataConfig = field(default_factory=ClsDataConfig)
     input: ClsInputConfig = field(default_factory=ClsInputConfig)
-    dataloader: DataLoaderConfig = field(default_factory=DataLoaderConfig)
+    dataloader: ClsDataLoaderConfig = field(default_factory=ClsDataLoaderConfig)
     solver: ClsSolverConfig = field(default_factory=ClsSolverConfig)
     train: TrainConfig = field(default_factory=TrainConfig)

@@ -1,23 +1,39 @@
-"""The optimiser and learning-rate schedule of the paper: SGD with momentum, warm-up, step decay.
+"""The optimiser and learning-rate schedule of the paper: SGD with momentum, warm-up, decay.
 
 Schedules are counted in iterations (one optimiser step each), as in the paper's CIFAR and
 detection recipes; epoch-based recipes convert epochs to iterations before calling in here.
+
+Two of the paper's rules depend on how training goes, not on the iteration count; both are part of
+:class:`WarmupDecayLR` and of its ``state_dict``, so a resumed run takes the same decisions:
+
+- warm-up until the training error is low (ResNet-110 on CIFAR-10: lr 0.01 "until the training
+  error is below 80%", then 0.1): ``observe_train_error`` after each iteration's forward pass;
+- divide the lr by 10 "when the error plateaus" (ImageNet): ``observe_val_error`` after each
+  evaluation. In iteration-based training an evaluation runs every ``train.eval_period``
+  iterations; after ``plateau_patience`` evaluations in a row that do not beat the best error so
+  far by ``plateau_threshold`` points, the lr is divided by ``gamma`` from the next iteration on
+  (and the count starts again), as torch's ``ReduceLROnPlateau`` does per epoch.
 """
 
 import logging
-from typing import Callable, Optional, Sequence
+from collections import deque
+from typing import Optional, Sequence
 
 import torch
 from torch import nn
-from torch.optim.lr_scheduler import LambdaLR
+from torch.optim.lr_scheduler import LRScheduler
 
 from resnet_det.errors import ConfigError
 
-__all__ = ["scaled_lr", "build_optimizer", "build_lr_scheduler", "lr_factor"]
+__all__ = ["scaled_lr", "build_optimizer", "build_lr_scheduler", "lr_factor", "WarmupDecayLR"]
 
 logger = logging.getLogger(__name__)
 
 WARMUP_METHODS = ("linear", "constant")
+LR_POLICIES = ("steps", "plateau")
+# The warm-up-until-error rule compares the mean training error of this many iterations: one
+# batch of 128 CIFAR images would end it on a lucky draw.
+TRAIN_ERROR_WINDOW = 20
 
 
 def scaled_lr(solver_cfg) -> float:
@@ -79,23 +95,128 @@ def lr_factor(
     return decay * (warmup_factor * (1 - alpha) + alpha)
 
 
+class WarmupDecayLR(LRScheduler):
+    """Warm-up then decay, stepped once per iteration; the rules of the module doc.
+
+    ``warmup_until_error`` (percent) replaces the fixed ``warmup_iters``: the lr is
+    ``warmup_factor`` times the base until the mean of the last ``TRAIN_ERROR_WINDOW`` observed
+    training errors is below it. ``policy`` "steps" divides by ``gamma`` at each of ``steps``,
+    "plateau" on a plateau of the observed validation errors.
+    """
+
+    # What describes the schedule rather than its progress: left out of the checkpoint, so that a
+    # resumed run follows the config it is given (as LambdaLR leaves out its function).
+    _SETTINGS = ("steps", "gamma", "warmup_iters", "warmup_factor", "warmup_method", "warmup_until_error",
+                 "policy", "patience", "threshold")
+
+    def __init__(
+        self,
+        optimizer: torch.optim.Optimizer,
+        *,
+        steps: Sequence[int] = (),
+        gamma: float = 0.1,
+        warmup_iters: int = 0,
+        warmup_factor: float = 1.0,
+        warmup_method: str = "linear",
+        warmup_until_error: Optional[float] = None,
+        policy: str = "steps",
+        patience: int = 5,
+        threshold: float = 0.0,
+    ):
+        self.steps, self.gamma = list(steps), gamma
+        self.warmup_iters, self.warmup_factor, self.warmup_method = warmup_iters, warmup_factor, warmup_method
+        self.warmup_until_error = warmup_until_error
+        self.policy, self.patience, self.threshold = policy, patience, threshold
+        # Progress (checkpointed): when the error rule ended the warm-up, the recent training
+        # errors, and the plateau rule's best error, evaluations without improvement and drops.
+        self.warmup_ended_at: Optional[int] = None
+        self.recent_train_errors: list = []
+        self.best_val_error: Optional[float] = None
+        self.evals_without_improvement = 0
+        self.plateau_drops = 0
+        super().__init__(optimizer)
+
+    def factor(self, iteration: int) -> float:
+        """The multiplier of the base lr for the ``iteration``-th step (0-based)."""
+        if self.policy == "plateau":
+            decay = self.gamma**self.plateau_drops
+        else:
+            decay = self.gamma ** sum(1 for s in self.steps if s <= iteration)
+        if self.warmup_until_error is not None:
+            warming = self.warmup_ended_at is None or iteration < self.warmup_ended_at
+            return decay * (self.warmup_factor if warming else 1.0)
+        return lr_factor(iteration, steps=(), gamma=1.0, warmup_iters=self.warmup_iters,
+                         warmup_factor=self.warmup_factor, warmup_method=self.warmup_method) * decay
+
+    def get_lr(self):
+        return [base * self.factor(self.last_epoch) for base in self.base_lrs]
+
+    @property
+    def warming_up_by_error(self) -> bool:
+        """Whether training errors are still wanted (callers can skip computing them otherwise)."""
+        return self.warmup_until_error is not None and self.warmup_ended_at is None
+
+    def observe_train_error(self, top1_err: float) -> None:
+        """The training top-1 error (percent) of the iteration being run, before ``step()``; the
+        same value on every rank (reduce it first), so that all ranks end the warm-up together."""
+        if not self.warming_up_by_error:
+            return
+        window = deque(self.recent_train_errors, maxlen=TRAIN_ERROR_WINDOW)
+        window.append(float(top1_err))
+        self.recent_train_errors = list(window)
+        if len(window) == TRAIN_ERROR_WINDOW and sum(window) / len(window) < self.warmup_until_error:
+            self.warmup_ended_at = self.last_epoch + 1  # the next iteration trains at the full lr
+            logger.info(
+                "iteration %d: training error %.1f%% < %.1f%%: warm-up over, lr back to the base",
+                self.warmup_ended_at, sum(window) / len(window), self.warmup_until_error,
+            )
+
+    def observe_val_error(self, top1_err: float) -> None:
+        """A validation top-1 error (percent), after the iteration it was measured at; the plateau
+        rule's decision applies from the next ``step()`` on."""
+        if self.policy != "plateau":
+            return
+        if self.best_val_error is None or top1_err < self.best_val_error - self.threshold:
+            self.best_val_error = float(top1_err)
+            self.evals_without_improvement = 0
+            return
+        self.evals_without_improvement += 1
+        if self.evals_without_improvement >= self.patience:
+            self.plateau_drops += 1
+            self.evals_without_improvement = 0
+            logger.info(
+                "validation error %.2f%% has not improved on %.2f%% for %d evaluations: lr divided by %g",
+                top1_err, self.best_val_error, self.patience, 1 / self.gamma,
+            )
+
+    def state_dict(self):
+        return {k: v for k, v in super().state_dict().items() if k not in self._SETTINGS}
+
+
 def build_lr_scheduler(
     optimizer: torch.optim.Optimizer,
     solver_cfg,
     max_iter: Optional[int] = None,
     steps: Optional[Sequence[int]] = None,
-) -> LambdaLR:
-    """Warm-up then step decay (``solver.steps``, ``solver.gamma``), stepped once per iteration.
+) -> WarmupDecayLR:
+    """Warm-up then decay as ``solver_cfg`` says, stepped once per iteration.
 
     ``max_iter`` and ``steps`` replace ``solver.max_iter`` and ``solver.steps`` when a recipe
     derives them (e.g. from epochs); steps at or beyond ``max_iter`` are never reached and are
-    reported.
+    reported. ``lr_policy``, ``plateau_*`` and ``warmup_until_error`` exist in the classification
+    schema only; the detection one has fixed steps and warm-up.
     """
     max_iter = solver_cfg.max_iter if max_iter is None else max_iter
     steps = list(solver_cfg.steps if steps is None else steps)
     method = solver_cfg.warmup_method
+    policy = getattr(solver_cfg, "lr_policy", "steps")
+    until_error = getattr(solver_cfg, "warmup_until_error", None)
+    patience = getattr(solver_cfg, "plateau_patience", 1)
+    threshold = getattr(solver_cfg, "plateau_threshold", 0.0)
     if method not in WARMUP_METHODS:
         raise ConfigError(f"solver.warmup_method={method!r}: use one of {', '.join(WARMUP_METHODS)}")
+    if policy not in LR_POLICIES:
+        raise ConfigError(f"solver.lr_policy={policy!r}: use one of {', '.join(LR_POLICIES)}")
     if steps != sorted(steps) or any(s < 0 for s in steps):
         raise ConfigError(f"solver.steps={steps}: list the iterations in increasing order")
     if solver_cfg.warmup_iters < 0 or not 0 < solver_cfg.warmup_factor <= 1:
@@ -103,24 +224,33 @@ def build_lr_scheduler(
             f"solver.warmup_iters={solver_cfg.warmup_iters}, solver.warmup_factor={solver_cfg.warmup_factor}: "
             "use warmup_iters >= 0 and 0 < warmup_factor <= 1"
         )
+    if policy == "plateau" and steps:
+        raise ConfigError(f"solver.lr_policy=plateau decides the lr drops itself: set solver.steps=[] (not {steps})")
+    if patience < 1 or threshold < 0:
+        raise ConfigError(
+            f"solver.plateau_patience={patience}, solver.plateau_threshold={threshold}: "
+            "use a patience of at least 1 evaluation and a threshold >= 0"
+        )
+    if until_error is not None:
+        if not 0 < until_error <= 100:
+            raise ConfigError(f"solver.warmup_until_error={until_error}: give a training error in percent, in (0, 100]")
+        if solver_cfg.warmup_iters or method != "constant":
+            raise ConfigError(
+                "solver.warmup_until_error replaces a warm-up of fixed length: set solver.warmup_iters=0 and "
+                f"solver.warmup_method=constant (not {solver_cfg.warmup_iters} and {method})"
+            )
     unreached = [s for s in steps if s >= max_iter]
     if unreached:
         logger.warning("solver.steps %s are not before max_iter=%d: the lr never drops there", unreached, max_iter)
-    factor = _make_factor(steps, solver_cfg.gamma, solver_cfg.warmup_iters, solver_cfg.warmup_factor, method)
-    return LambdaLR(optimizer, factor)
-
-
-def _make_factor(steps, gamma, warmup_iters, warmup_factor, method) -> Callable[[int], float]:
-    # A plain function, not a callable object: LambdaLR.state_dict() then holds only counters and
-    # base learning rates, so checkpoints pickle no schedule code.
-    def factor(iteration: int) -> float:
-        return lr_factor(
-            iteration,
-            steps=steps,
-            gamma=gamma,
-            warmup_iters=warmup_iters,
-            warmup_factor=warmup_factor,
-            warmup_method=method,
-        )
-
-    return factor
+    return WarmupDecayLR(
+        optimizer,
+        steps=steps,
+        gamma=solver_cfg.gamma,
+        warmup_iters=solver_cfg.warmup_iters,
+        warmup_factor=solver_cfg.warmup_factor,
+        warmup_method=method,
+        warmup_until_error=until_error,
+        policy=policy,
+        patience=patience,
+        threshold=threshold,
+    )

@@ -119,6 +119,11 @@ def train_classifier(cfg: DictConfig, resume: bool = False) -> Dict[str, float]:
 
     optimizer = build_optimizer(model, cfg.solver)
     scheduler = build_lr_scheduler(optimizer, cfg.solver, max_iter=max_iter, steps=steps)
+    if cfg.solver.lr_policy == "plateau" and cfg.train.eval_period < 1:
+        raise ConfigError(
+            "solver.lr_policy=plateau reads the validation error of each evaluation: set train.eval_period "
+            "(e.g. about one epoch of iterations)"
+        )
 
     def make_loader(start_iter: int):
         if start_iter == 0:
@@ -136,7 +141,11 @@ def train_classifier(cfg: DictConfig, resume: bool = False) -> Dict[str, float]:
         logits = m(images)
         loss = F.cross_entropy(logits.float(), labels)
         top1 = topk_correct(logits.detach(), labels, ks=(1,))[0]
-        return {"loss_cls": loss}, {"top1_err": 100.0 - 100.0 * float(top1) / len(labels)}
+        top1_err = 100.0 - 100.0 * float(top1) / len(labels)
+        if scheduler.warming_up_by_error:
+            # Every rank must end the warm-up at the same iteration: the mean over ranks.
+            scheduler.observe_train_error(dist_utils.reduce_dict({"top1_err": top1_err})["top1_err"])
+        return {"loss_cls": loss}, {"top1_err": top1_err}
 
     def eval_fn(m, iteration):
         metrics = evaluate_classifier(
@@ -147,6 +156,7 @@ def train_classifier(cfg: DictConfig, resume: bool = False) -> Dict[str, float]:
                 "iteration %d: val top-1 error %.2f%%, top-5 error %.2f%% (%d images)",
                 iteration, metrics["top1_err"], metrics["top5_err"], metrics["num_images"],
             )
+        scheduler.observe_val_error(metrics["top1_err"])  # the same on every rank: gathered
         return {f"val/{k}": v for k, v in metrics.items() if k != "num_images"}
 
     trainer = Trainer.from_config(

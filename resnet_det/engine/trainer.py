@@ -388,16 +388,18 @@ class Trainer:
             if self.iter % self.log_period == 0 or self.iter == self.max_iter:
                 results = self._report(window, events)
                 window = _Window()
-            if self.iter % self.checkpoint_period == 0 or self.iter == self.max_iter or stop:
-                checkpoint = self._save()
-            if stop and self.iter < self.max_iter:
-                raise TrainingInterrupted(self.iter, checkpoint)
+            # Evaluation before the checkpoint: a schedule that reads its metrics (the plateau
+            # rule) then resumes from a state that has seen them.
             if self.eval_fn is not None and (
                 (self.eval_period and self.iter % self.eval_period == 0) or self.iter == self.max_iter
             ):
                 metrics = self._evaluate(events)
                 if self.iter == self.max_iter:
                     results.update(metrics)
+            if self.iter % self.checkpoint_period == 0 or self.iter == self.max_iter or stop:
+                checkpoint = self._save()
+            if stop and self.iter < self.max_iter:
+                raise TrainingInterrupted(self.iter, checkpoint)
         return results
 
     def _run_step(self, batch: Any, window: _Window) -> bool:
