@@ -195,3 +195,15 @@ def test_the_checkpoint_is_a_backbone_and_a_detector_backbone(tmp_path):
     assert torch.equal(detector["backbone.layer3.0.conv1.weight"], trained["layer3.0.conv1.weight"])
     # The C4 head runs res5 (layer4) on the pooled regions: it carries the trained res5 too.
     assert torch.equal(detector["roi_heads.box_head.res5.1.conv2.weight"], trained["layer4.1.conv2.weight"])
+
+
+def test_a_per_pixel_run_records_the_channel_means_of_its_mean_image(tmp_path):
+    # A detector fine-tuned from these weights subtracts a mean per channel: the mean image's.
+    data = make_learnable_folder(tmp_path / "data", per_class=2)
+    run = tmp_path / "run"
+    train_classifier(tiny_cfg(data, run, "model.name=cifar_r8", "solver.max_iter=1", "input.mean_subtraction=per_pixel"))
+    meta = torch.load(run / "model_final.pth", weights_only=False)["meta"]
+    rgb = [cv2.imread(str(p))[..., ::-1] for p in sorted((data / "train").rglob("*.png"))]
+    expected = np.mean(rgb, axis=(0, 1, 2))
+    assert meta["input_format"]["pixel_mean"] == pytest.approx(expected.tolist(), rel=1e-5)
+    assert meta["input_format"]["pixel_std"] == pytest.approx([58.395, 57.12, 57.375])

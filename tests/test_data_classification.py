@@ -1,5 +1,7 @@
 """Classification data: image folders, CIFAR-10 batches, the paper's transforms, loaders."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -91,6 +93,80 @@ def test_imagenet_train_transform_scales_crops_and_changes_colour():
     flat = np.full((30, 40, 3), 128, np.uint8)
     jittered = cls.ImageNetTrainTransform(16, [20, 20], 0.4, [0, 0, 0], [1, 1, 1])(flat, np.random.default_rng(5))
     assert not torch.allclose(jittered, torch.full_like(jittered, 128.0))
+
+
+def test_imagenet_scale_augmentation_draws_every_shorter_side_of_the_range(monkeypatch):
+    # The paper's [256, 480], inclusive at both ends, from the recipe through the builder: the
+    # shorter sides the resize is asked for, over many samples (the image is 300 x 400).
+    from resnet_det.config import ClassificationConfig, load_config
+
+    recipe = load_config(ClassificationConfig, Path(__file__).resolve().parents[1] / "configs/classification/imagenet_r50.yaml")
+    transform, _ = cls.build_classification_transforms(recipe.input)
+    sizes = []
+    resize = cls._resize_shorter
+
+    def spy(image, size):
+        sizes.append(size)
+        return resize(image, size)
+
+    monkeypatch.setattr(cls, "_resize_shorter", spy)
+    image = np.zeros((300, 400, 3), np.uint8)
+    for seed in range(600):
+        assert transform(image, np.random.default_rng(seed)).shape == (3, 224, 224)
+    assert min(sizes) == 256 and max(sizes) == 480
+    assert len(set(sizes)) > 150  # uniform over the 225 sizes, not a few fixed scales
+    # And the resize is to that shorter side: a 300 x 400 image drawn at 256 is 256 x 341.
+    assert resize(image, 256).shape == (256, 341, 3)
+
+
+def test_per_pixel_mean_of_cifar_is_the_mean_image_of_the_training_set(tmp_path):
+    make_cifar(tmp_path, per_batch=6)
+    cfg = classification_cfg("data.dataset=cifar10", f"data.root={tmp_path}", "input.mean_subtraction=per_pixel",
+                             "input.pixel_std=[2.0,2.0,2.0]")
+    train, val, _ = cls.build_classification_datasets(cfg)
+    images, _, _ = cls.load_cifar10(tmp_path, train=True)
+    expected = images.astype(np.float64).mean(axis=0)
+    assert train.transform.mean.shape == (32, 32, 3)
+    assert np.allclose(train.transform.mean, expected)  # red: the mean of 0..5 = 2.5
+    assert train.transform.channel_mean == pytest.approx((2.5, 100.0, 200.0))
+    assert val.transform.mean is train.transform.mean or np.array_equal(val.transform.mean, train.transform.mean)
+    # The test image minus the same mean image, over pixel_std: red k - 2.5 for test image k.
+    image, _ = val[4]
+    assert image[:, 7, 9].tolist() == pytest.approx([(4 - 2.5) / 2, 0.0, 0.0])
+
+
+def test_per_pixel_cifar_transform_subtracts_the_mean_image_before_padding():
+    # Paper order: the mean is subtracted from the 32 x 32 image, then 4 zero pixels are padded
+    # (so the padding is the mean), then the random crop and the flip.
+    mean = np.arange(32 * 32 * 3, dtype=np.float32).reshape(32, 32, 3) / 20
+    image = np.full((32, 32, 3), 200, np.uint8)
+    transform = cls.CifarTrainTransform(32, mean, [2.0, 2.0, 2.0])
+    centred = np.pad((200 - mean) / 2, ((4, 4), (4, 4), (0, 0)))
+    windows = [centred[y : y + 32, x : x + 32] for y in range(9) for x in range(9)]
+    windows += [w[:, ::-1] for w in windows]
+    padded = 0
+    for seed in range(20):
+        out = transform(image, np.random.default_rng(seed)).permute(1, 2, 0).numpy()
+        assert any(np.allclose(out, w) for w in windows), seed
+        padded += int((out == 0).all(axis=2).sum())
+    assert padded > 0  # some crops reached into the padding, which is exactly 0
+
+
+def test_per_pixel_mean_of_a_folder_is_taken_at_the_test_geometry(tmp_path):
+    make_image_folder(tmp_path / "train", {"a": 3, "b": 2}, size=12)
+    make_image_folder(tmp_path / "val", {"a": 1, "b": 1}, size=12)
+    cfg = classification_cfg("data.dataset=folder", f"data.root={tmp_path}", "input.augment=imagenet",
+                             "input.crop_size=8", "input.test_resize=10", "input.scale_range=[10,12]",
+                             "input.mean_subtraction=per_pixel")
+    train, val, _ = cls.build_classification_datasets(cfg)
+    crops = [cls._center_crop(cls._resize_shorter(train._read(i), 10), 8) for i in range(len(train))]
+    assert np.allclose(train.transform.mean, np.mean(crops, axis=0), atol=1e-4)
+    raw = cls._center_crop(cls._resize_shorter(val._read(0), 10), 8).astype(np.float32)
+    expected = (raw - train.transform.mean) / np.array(cfg.input.pixel_std, np.float32)
+    assert np.allclose(val[0][0].permute(1, 2, 0).numpy(), expected, atol=1e-5)
+    assert train[(0, 1)][0].shape == (3, 8, 8)
+    with pytest.raises(ConfigError, match="input.mean_subtraction=per_image is not known"):
+        cls.build_classification_transforms(classification_cfg("input.mean_subtraction=per_image").input)
 
 
 def test_ten_crop_is_corners_centre_and_their_flips():

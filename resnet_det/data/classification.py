@@ -2,9 +2,12 @@
 
 Sources: an ImageFolder layout (``<split>/<class>/*.jpg``; the built-in shapes set, ImageNet, a
 user's folder) decoded with OpenCV, and CIFAR-10's python pickle batches. Transforms return float
-``C x H x W`` tensors normalised with ``cfg.input.pixel_mean/std`` (0..255 scale, RGB):
+``C x H x W`` tensors, the mean subtracted and divided by ``cfg.input.pixel_std`` (0..255 scale,
+RGB). The mean is ``cfg.input.pixel_mean`` per channel, or with ``input.mean_subtraction=per_pixel``
+(the paper's, sections 3.4 and 4.2) the training set's mean image at ``crop_size``:
 
-- ``cifar`` (section 4.2): 4-pixel zero padding, a random crop, a horizontal flip;
+- ``cifar`` (section 4.2): 4-pixel zero padding, a random crop, a horizontal flip (per pixel: the
+  mean image is subtracted first, so the padding is the mean, as in the paper's order);
 - ``imagenet`` (section 3.4): shorter side drawn from ``scale_range``, a random crop and flip,
   brightness/contrast/saturation jitter in random order and AlexNet's PCA lighting (as
   fb.resnet.torch, which the paper's models were retrained with);
@@ -33,6 +36,10 @@ from resnet_det.errors import ConfigError, DatasetError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm")
 CIFAR10_HOLDOUT = 5000  # the paper's 45k/5k train/val split
+# The per-pixel mean of an image folder is estimated on this many training images, evenly spread
+# (ImageNet's 1.28M would take an epoch of decoding); CIFAR-10's is computed on all of them.
+MEAN_IMAGE_SAMPLES = 10000
+MEAN_SUBTRACTION = ("per_channel", "per_pixel")
 _HOLDOUT_SEED = 0  # fixed, so every run holds out the same images
 _CIFAR_FIX = "download CIFAR-10 (python version) again"
 
@@ -149,7 +156,6 @@ def build_classification_datasets(cfg) -> Tuple[ClassificationDataset, Classific
     data = cfg.data
     if data.holdout_val and data.dataset != "cifar10":
         raise ConfigError(f"data.holdout_val applies to cifar10 only (data.dataset={data.dataset}); set it to false")
-    train_tf, test_tf = build_classification_transforms(cfg.input)
     if data.dataset == "cifar10":
         root = dataset_root(data.root)
         images, labels, class_names = load_cifar10(root, train=True)
@@ -159,11 +165,9 @@ def build_classification_datasets(cfg) -> Tuple[ClassificationDataset, Classific
             images, labels = images[train_idx], labels[train_idx]
         else:
             val_images, val_labels, _ = load_cifar10(root, train=False)
-        return (
-            ClassificationDataset(images, labels, train_tf),
-            ClassificationDataset(val_images, val_labels, test_tf),
-            class_names,
-        )
+        return _with_transforms(
+            cfg.input, ClassificationDataset(images, labels, None), ClassificationDataset(val_images, val_labels, None)
+        ) + (class_names,)
     if data.dataset == "shapes":
         folder = ensure_shapes_classification(dataset_root(data.root))
     elif data.dataset == "imagenet":
@@ -183,11 +187,41 @@ def build_classification_datasets(cfg) -> Tuple[ClassificationDataset, Classific
             f"{folder / data.val_split} has other class folders than {folder / data.train_split}; "
             "give both the same classes"
         )
-    return (
-        ClassificationDataset(train_paths, train_labels, train_tf, data.skip_bad_images),
-        ClassificationDataset(val_paths, val_labels, test_tf, data.skip_bad_images),
-        class_names,
-    )
+    return _with_transforms(
+        cfg.input,
+        ClassificationDataset(train_paths, train_labels, None, data.skip_bad_images),
+        ClassificationDataset(val_paths, val_labels, None, data.skip_bad_images),
+    ) + (class_names,)
+
+
+def _with_transforms(input_cfg, train_set: ClassificationDataset, val_set: ClassificationDataset):
+    per_pixel = input_cfg.mean_subtraction == "per_pixel"
+    resize = input_cfg.test_resize if input_cfg.augment == "imagenet" else None
+    mean = mean_image(train_set, input_cfg.crop_size, resize) if per_pixel else None
+    train_set.transform, val_set.transform = build_classification_transforms(input_cfg, mean)
+    return train_set, val_set
+
+
+def mean_image(dataset: ClassificationDataset, crop_size: int, resize: Optional[int]) -> np.ndarray:
+    """The mean ``crop_size x crop_size x 3`` image (float32, 0..255) of ``dataset``'s images,
+    each taken as the test transform sees it (shorter side to ``resize``, centre crop); over at
+    most ``MEAN_IMAGE_SAMPLES`` images evenly spread, the same every run."""
+    images = dataset.images
+    if isinstance(images, np.ndarray) and images.shape[1:3] == (crop_size, crop_size) and resize is None:
+        return images.mean(axis=0, dtype=np.float64).astype(np.float32)
+    picks = np.unique(np.linspace(0, len(dataset) - 1, min(len(dataset), MEAN_IMAGE_SAMPLES)).round().astype(int))
+    total, count = np.zeros((crop_size, crop_size, 3), np.float64), 0
+    for index in picks:
+        image = dataset._read(int(index))
+        if image is None:  # skipped (data.skip_bad_images)
+            continue
+        if resize:
+            image = _resize_shorter(image, resize)
+        total += _center_crop(image, crop_size)
+        count += 1
+    if count == 0:
+        raise DatasetError("no readable training image to compute the per-pixel mean from; check the training folder")
+    return (total / count).astype(np.float32)
 
 
 def collate_skipping_none(batch: list):
@@ -203,20 +237,25 @@ def build_classification_loaders(cfg, *, start_iter: int = 0, rank: int = 0, wor
     """``(train_loader, val_loader, class_names)``: an endless resumable train loader of this rank's
     batches ``(images B x C x H x W, labels)`` and its shard of the validation set, in order."""
     train_set, val_set, class_names = build_classification_datasets(cfg)
+    train_loader = classification_train_loader(cfg, train_set, start_iter=start_iter, rank=rank, world_size=world_size)
+    val_loader = DataLoader(
+        val_set,
+        batch_size=batch_size_per_process(cfg.solver.batch_size, world_size),
+        sampler=InferenceSampler(len(val_set), rank, world_size),
+        collate_fn=collate_skipping_none,
+        **loader_options(cfg.dataloader),
+    )
+    return train_loader, val_loader, class_names
+
+
+def classification_train_loader(cfg, train_set: ClassificationDataset, *, start_iter: int, rank: int, world_size: int):
+    """The endless train loader of this rank from ``start_iter`` on, over an existing train set
+    (a resumed run does not compute its mean image again)."""
     batch_size = batch_size_per_process(cfg.solver.batch_size, world_size)
-    options = loader_options(cfg.dataloader)
     sampler = TrainingBatchSampler(
         len(train_set), batch_size, seed=cfg.train.seed, rank=rank, world_size=world_size, start_iter=start_iter
     )
-    train_loader = DataLoader(train_set, batch_sampler=sampler, collate_fn=collate_skipping_none, **options)
-    val_loader = DataLoader(
-        val_set,
-        batch_size=batch_size,
-        sampler=InferenceSampler(len(val_set), rank, world_size),
-        collate_fn=collate_skipping_none,
-        **options,
-    )
-    return train_loader, val_loader, class_names
+    return DataLoader(train_set, batch_sampler=sampler, collate_fn=collate_skipping_none, **loader_options(cfg.dataloader))
 
 
 def _pad_to(image: np.ndarray, size: int) -> np.ndarray:
@@ -252,13 +291,26 @@ def _maybe_flip(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 
 class _Normalize:
-    def __init__(self, mean: Sequence[float], std: Sequence[float]):
+    """``mean``: 3 values (per channel) or a ``crop x crop x 3`` mean image (per pixel)."""
+
+    def __init__(self, mean, std: Sequence[float]):
         self.mean = np.array(mean, dtype=np.float32)
         self.std = np.array(std, dtype=np.float32)
 
-    def tensor(self, image: np.ndarray) -> torch.Tensor:
-        """``H x W x 3`` (0..255) -> normalised float32 ``3 x H x W``."""
-        out = (image.astype(np.float32) - self.mean) / self.std
+    @property
+    def per_pixel(self) -> bool:
+        return self.mean.ndim == 3
+
+    @property
+    def channel_mean(self) -> Tuple[float, float, float]:
+        """The mean per channel: what a detector fine-tuned from these weights subtracts."""
+        return tuple(float(v) for v in self.mean.reshape(-1, 3).mean(axis=0))
+
+    def tensor(self, image: np.ndarray, centred: bool = False) -> torch.Tensor:
+        """``H x W x 3`` (0..255, or ``centred``: the mean already subtracted) -> normalised
+        float32 ``3 x H x W``."""
+        out = image.astype(np.float32) if centred else image.astype(np.float32) - self.mean
+        out = out / self.std
         return torch.from_numpy(np.ascontiguousarray(out.transpose(2, 0, 1)))
 
 
@@ -272,8 +324,10 @@ class CifarTrainTransform(_Normalize):
 
     def __call__(self, image: np.ndarray, rng: np.random.Generator) -> torch.Tensor:
         p = self.padding
+        if self.per_pixel:  # subtract the mean image first: the zero padding is then the mean
+            image = _center_crop(image, self.crop_size).astype(np.float32) - self.mean
         image = cv2.copyMakeBorder(image, p, p, p, p, cv2.BORDER_CONSTANT, value=0)
-        return self.tensor(_maybe_flip(_random_crop(image, self.crop_size, rng), rng))
+        return self.tensor(_maybe_flip(_random_crop(image, self.crop_size, rng), rng), centred=self.per_pixel)
 
 
 class ImageNetTrainTransform(_Normalize):
@@ -335,9 +389,20 @@ class TenCropTransform(CenterCropTransform):
         return torch.stack([self.tensor(c) for c in crops + [c[:, ::-1] for c in crops]])
 
 
-def build_classification_transforms(input_cfg):
-    """``(train_transform, test_transform)`` for ``input.augment`` (cifar | imagenet)."""
-    mean, std, crop = input_cfg.pixel_mean, input_cfg.pixel_std, input_cfg.crop_size
+def build_classification_transforms(input_cfg, mean_image: Optional[np.ndarray] = None):
+    """``(train_transform, test_transform)`` for ``input.augment`` (cifar | imagenet); with
+    ``input.mean_subtraction=per_pixel``, ``mean_image`` (see :func:`mean_image`) is subtracted."""
+    if input_cfg.mean_subtraction not in MEAN_SUBTRACTION:
+        raise ConfigError(
+            f"input.mean_subtraction={input_cfg.mean_subtraction} is not known; use {' or '.join(MEAN_SUBTRACTION)}"
+        )
+    if input_cfg.mean_subtraction == "per_pixel":
+        if mean_image is None or mean_image.shape != (input_cfg.crop_size, input_cfg.crop_size, 3):
+            raise ValueError(f"per-pixel mean subtraction needs a {input_cfg.crop_size}x{input_cfg.crop_size}x3 mean image")
+        mean = mean_image
+    else:
+        mean = input_cfg.pixel_mean
+    std, crop = input_cfg.pixel_std, input_cfg.crop_size
     if input_cfg.augment == "cifar":
         train, resize = CifarTrainTransform(crop, mean, std), None
     elif input_cfg.augment == "imagenet":

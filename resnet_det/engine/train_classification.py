@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from backbones import InputFormat, build_model
 from resnet_det.config import save_config
-from resnet_det.data.classification import build_classification_loaders
+from resnet_det.data.classification import build_classification_loaders, classification_train_loader
 from resnet_det.engine import distributed as dist_utils
 from resnet_det.engine.solver import build_lr_scheduler, build_optimizer
 from resnet_det.engine.trainer import Trainer, set_deterministic
@@ -48,10 +48,18 @@ def derive_schedule(solver_cfg, train_size: int) -> Tuple[int, List[int]]:
     return max_iter, steps
 
 
-def classification_meta(cfg: DictConfig, model: torch.nn.Module, class_names: Sequence[str]) -> Dict:
+def _input_format(cfg: DictConfig, train_transform) -> InputFormat:
+    """How the data is normalised, per channel: with a per-pixel mean, the mean image's channel
+    means (the form a detector of any image size can subtract, as for MSRA's models)."""
+    mean = train_transform.channel_mean if train_transform.per_pixel else tuple(cfg.input.pixel_mean)
+    return InputFormat("RGB", mean, tuple(cfg.input.pixel_std))
+
+
+def classification_meta(
+    cfg: DictConfig, model: torch.nn.Module, class_names: Sequence[str], input_format: InputFormat
+) -> Dict:
     """The checkpoint's ``meta``: what ``backbones.weights`` needs to rebuild and load the model
     (kind, arch, num_classes, options) and how its images were normalised (input_format)."""
-    input_format = InputFormat("RGB", tuple(cfg.input.pixel_mean), tuple(cfg.input.pixel_std))
     return {
         "kind": "classification",
         "arch": cfg.model.name,
@@ -63,7 +71,7 @@ def classification_meta(cfg: DictConfig, model: torch.nn.Module, class_names: Se
     }
 
 
-def _build_model(cfg: DictConfig, num_classes: int) -> torch.nn.Module:
+def _build_model(cfg: DictConfig, num_classes: int, data_format: InputFormat) -> torch.nn.Module:
     m = cfg.model
     model = build_model(
         m.name,
@@ -77,7 +85,6 @@ def _build_model(cfg: DictConfig, num_classes: int) -> torch.nn.Module:
     if m.weights is not None:
         # The loader normalises with cfg.input; weights trained on another normalisation (e.g.
         # MSRA's BGR, unscaled) would see inputs they were not made for.
-        data_format = InputFormat("RGB", tuple(cfg.input.pixel_mean), tuple(cfg.input.pixel_std))
         if model.input_format != data_format:
             logger.warning(
                 "%s expects input %s but the data is normalised as %s: set input.pixel_mean/pixel_std "
@@ -106,8 +113,9 @@ def train_classifier(cfg: DictConfig, resume: bool = False) -> Dict[str, float]:
     # A copy with the schedule in iterations, so that config.yaml shows what really ran.
     cfg = OmegaConf.merge(cfg, {"solver": {"max_iter": max_iter, "steps": steps}})
 
-    model = _build_model(cfg, num_classes)
-    meta = classification_meta(cfg, model, class_names)
+    input_format = _input_format(cfg, train_loader.dataset.transform)
+    model = _build_model(cfg, num_classes, input_format)
+    meta = classification_meta(cfg, model, class_names, input_format)
     if dist.rank == 0:
         output_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, output_dir / "config.yaml")
@@ -128,7 +136,9 @@ def train_classifier(cfg: DictConfig, resume: bool = False) -> Dict[str, float]:
     def make_loader(start_iter: int):
         if start_iter == 0:
             return train_loader
-        return build_classification_loaders(cfg, start_iter=start_iter, rank=dist.rank, world_size=dist.world_size)[0]
+        return classification_train_loader(
+            cfg, train_loader.dataset, start_iter=start_iter, rank=dist.rank, world_size=dist.world_size
+        )
 
     on_gpu = dist.device.type == "cuda"
     channels_last = cfg.train.channels_last and on_gpu
