@@ -108,8 +108,12 @@ def test_the_dataset_picks_the_recipe_and_flags_apply_on_top(dataset, recipe_nam
 
 def test_max_iter_replaces_the_recipes_epochs():
     tool = load_tool()
-    cfg = tool.build_config(tool.parse_args(["--dataset", "imagenet", "--max-iter", "50"]))
+    recipe = str(Path(__file__).resolve().parents[1] / "configs/classification/imagenet_r50_torchvision.yaml")
+    cfg = tool.build_config(tool.parse_args(["--config", recipe, "--max-iter", "50"]))
     assert cfg.solver.epochs is None and cfg.solver.max_iter == 50
     assert list(cfg.solver.step_epochs) == [30, 60]
+    # --dataset imagenet picks the paper's recipe: the plateau rule, in iterations.
+    paper = tool.build_config(tool.parse_args(["--dataset", "imagenet"]))
+    assert (paper.solver.lr_policy, paper.solver.max_iter, paper.input.mean_subtraction) == ("plateau", 600000, "per_pixel")
     with pytest.raises(ConfigError, match="--epochs and --max-iter"):
         tool.build_config(tool.parse_args(["--epochs", "3", "--max-iter", "10"]))

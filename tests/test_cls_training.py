@@ -158,12 +158,12 @@ def test_the_plateau_rule_needs_evaluations(tmp_path):
 
 
 def test_epochs_set_the_length_and_the_lr_drops():
-    cfg = load_config(ClassificationConfig, CONFIGS / "imagenet_r50.yaml")
+    cfg = load_config(ClassificationConfig, CONFIGS / "imagenet_r50_torchvision.yaml")
     # ImageNet's 1,281,167 training images in batches of 256: 5004.6 iterations an epoch.
     assert derive_schedule(cfg.solver, 1281167) == (450411, [150137, 300274])
     # An explicit iteration count (what --max-iter sets) keeps the drops where the epochs put them.
     cut = load_config(
-        ClassificationConfig, CONFIGS / "imagenet_r50.yaml", ["solver.epochs=null", "solver.max_iter=100"]
+        ClassificationConfig, CONFIGS / "imagenet_r50_torchvision.yaml", ["solver.epochs=null", "solver.max_iter=100"]
     )
     assert derive_schedule(cut.solver, 1281167) == (100, [150137, 300274])
     # A recipe in iterations (CIFAR-10's 32k/48k/64k) is left as it is.

@@ -5,7 +5,8 @@ Examples:
   python tools/train_cls.py --dataset cifar10 --model cifar_r56 --output output/cifar_r56      # section 4.2
   python tools/train_cls.py --dataset cifar10 --model cifar_plain56 --output output/cifar_plain56
   python tools/train_cls.py --config configs/classification/cifar10_r110.yaml   # 110+ layers: warm-up
-  python tools/train_cls.py --dataset imagenet --model r50         # section 3.4: 90 epochs
+  python tools/train_cls.py --dataset imagenet --model r50         # section 3.4: lr /10 on plateaus
+  python tools/train_cls.py --config configs/classification/imagenet_r50_torchvision.yaml   # 90 epochs
   python tools/train_cls.py --dataset folder --data-root DIR        # DIR/{train,val}/<class>/*.jpg
   torchrun --nproc_per_node=8 tools/train_cls.py --dataset imagenet --model r50
   python tools/train_cls.py --output output/run --resume            # continue a stopped run
@@ -13,7 +14,8 @@ Examples:
 
 Without --config the recipe follows --dataset: configs/classification/imagenet_r50.yaml,
 cifar10_resnet.yaml, or shapes.yaml (shapes and folder). Nets of 110 layers and more need the
-paper's warm-up (lr 0.01 for 400 iterations): use --config configs/classification/cifar10_r110.yaml
+paper's warm-up (lr 0.01 until the training error is below 80%): use --config
+configs/classification/cifar10_r110.yaml
 (with --model for deeper ones); data.holdout_val=true trains on 45k CIFAR-10 images and validates
 on the other 5k, as the paper tunes. Data: <data-root>/imagenet/{train,val}/<class>/*.JPEG,
 <data-root>/cifar10/cifar-10-batches-py/. The learning rate follows the linear scaling rule
