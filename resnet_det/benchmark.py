@@ -2,7 +2,10 @@
 
 Both models are built with identical settings (image size, proposals before/after NMS,
 detections per image, threads, number of classes) and timed alternately, run by run, so that a
-machine whose speed drifts slows both alike and the ratios stay honest. With random weights the
+machine whose speed drifts slows both alike and the ratios stay honest. The stock model is set up
+the way torchvision fine-tunes it from ImageNet weights (frozen BN, ``trainable_backbone_layers=3``),
+which is what ours does by default (frozen BN, ``freeze_at=2``: res3..res5 train): the same layers
+get gradients in both, so the training ratio measures speed, not a design choice. With random weights the
 number of proposals would depend on what the weights happen to propose, so the RPN's NMS is
 disabled (IoU threshold 1.0): exactly ``post_nms_topk`` proposals reach the box head in both, and
 RoIAlign takes torchvision's fixed 2x2 samples per bin in both.
@@ -28,6 +31,9 @@ from resnet_det.config import DetectionConfig, load_config
 from resnet_det.modeling import build_detector, prepare_for_inference
 
 COCO_CLASSES = 90  # stock fasterrcnn_resnet50_fpn: 91 outputs, background included
+# torchvision's default when fasterrcnn_resnet50_fpn starts from ImageNet weights: layer2..layer4
+# train, the stem and layer1 are frozen (ours: model.backbone.freeze_at=2).
+STOCK_TRAINABLE_LAYERS = 3
 
 
 @dataclass
@@ -158,13 +164,23 @@ def detection_config(s: Settings, training: bool):
 
 
 def stock_model(s: Settings, training: bool) -> torch.nn.Module:
-    """torchvision's ``fasterrcnn_resnet50_fpn(weights=None)`` with the same counts and sizes."""
-    from torchvision.models.detection import fasterrcnn_resnet50_fpn
+    """torchvision's stock R50-FPN Faster R-CNN, as ``fasterrcnn_resnet50_fpn`` builds it for
+    fine-tuning (``weights_backbone`` given: FrozenBatchNorm2d, ``trainable_backbone_layers=3``),
+    with random weights and the benchmark's counts and sizes.
+
+    ``fasterrcnn_resnet50_fpn(weights=None, weights_backbone=None)`` would train every layer with
+    ordinary BatchNorm instead: a from-scratch design, not what either model does when fine-tuned.
+    """
+    from torchvision.models.detection import FasterRCNN
+    from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
+    from torchvision.ops import FrozenBatchNorm2d
 
     size = s.train_size if training else s.size
-    return fasterrcnn_resnet50_fpn(
-        weights=None,
-        weights_backbone=None,
+    backbone = resnet_fpn_backbone(
+        backbone_name="resnet50", weights=None, norm_layer=FrozenBatchNorm2d, trainable_layers=STOCK_TRAINABLE_LAYERS
+    )
+    return FasterRCNN(
+        backbone,
         num_classes=COCO_CLASSES + 1,
         min_size=size,
         max_size=s.max_size,

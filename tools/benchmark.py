@@ -12,7 +12,9 @@ one training iteration (forward, backward, SGD step) on --train-batch images at 
 data loading images/s (JPEG decode + augment + collate with --workers); COCO evaluation time;
 peak memory (RSS on CPU, max_memory_allocated on GPU). Each figure: --warmup runs, then --runs
 timed runs, printed as min / median / max; ratios are ours / stock on the medians. The stock
-model is fasterrcnn_resnet50_fpn(weights=None) with the same sizes, counts, classes and threads.
+model is torchvision's R50-FPN Faster R-CNN as fasterrcnn_resnet50_fpn sets it up for fine-tuning
+(FrozenBatchNorm2d, trainable_backbone_layers=3; ours: frozen BN, freeze_at=2), with random
+weights and the same sizes, counts, classes and threads: the same layers train in both.
 Random weights: the RPN's NMS is disabled in both so that exactly --proposals boxes reach the
 box head. Record results in docs/benchmarks.md with the command and the machine.
 """
