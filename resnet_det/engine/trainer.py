@@ -9,7 +9,9 @@ multi-process training.
 Exact resumption: the checkpoint of iteration k holds the state the loop has right after
 finishing iteration k (model, optimiser, schedule, grad scaler, and every RNG), so resuming from
 it and training to N gives, on CPU, bit for bit the weights of an uninterrupted run to N, provided
-``make_loader(k)`` yields the same batches the uninterrupted run saw from k on.
+``make_loader(k)`` yields the same batches the uninterrupted run saw from k on. An iteration's
+evaluation runs before its checkpoint is written, so a schedule that reads evaluation metrics
+(the plateau rule of ``solver.WarmupDecayLR``) is checkpointed with what it has seen.
 """
 
 import contextlib
@@ -479,7 +481,8 @@ class Trainer:
 
     def _evaluate(self, events: Optional[EventWriter]) -> Dict[str, float]:
         # Evaluation must not change training: its random draws are undone, so the weights at
-        # max_iter do not depend on eval_period, and a resumed run need not repeat evaluations.
+        # max_iter do not depend on eval_period (unless the schedule reads the metrics, by
+        # design), and a resumed run need not repeat evaluations.
         rng = capture_rng_state()
         self.module.eval()
         try:
