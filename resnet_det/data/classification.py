@@ -255,7 +255,8 @@ def classification_train_loader(cfg, train_set: ClassificationDataset, *, start_
     sampler = TrainingBatchSampler(
         len(train_set), batch_size, seed=cfg.train.seed, rank=rank, world_size=world_size, start_iter=start_iter
     )
-    return DataLoader(train_set, batch_sampler=sampler, collate_fn=collate_skipping_none, **loader_options(cfg.dataloader))
+    options = loader_options(cfg.dataloader)
+    return DataLoader(train_set, batch_sampler=sampler, collate_fn=collate_skipping_none, **options)
 
 
 def _pad_to(image: np.ndarray, size: int) -> np.ndarray:
@@ -398,7 +399,8 @@ def build_classification_transforms(input_cfg, mean_image: Optional[np.ndarray] 
         )
     if input_cfg.mean_subtraction == "per_pixel":
         if mean_image is None or mean_image.shape != (input_cfg.crop_size, input_cfg.crop_size, 3):
-            raise ValueError(f"per-pixel mean subtraction needs a {input_cfg.crop_size}x{input_cfg.crop_size}x3 mean image")
+            size = input_cfg.crop_size
+            raise ValueError(f"per-pixel mean subtraction needs a {size}x{size}x3 mean image")
         mean = mean_image
     else:
         mean = input_cfg.pixel_mean
