@@ -100,8 +100,10 @@ def test_imagenet_scale_augmentation_draws_every_shorter_side_of_the_range(monke
     # shorter sides the resize is asked for, over many samples (the image is 300 x 400).
     from resnet_det.config import ClassificationConfig, load_config
 
-    recipe = load_config(ClassificationConfig, Path(__file__).resolve().parents[1] / "configs/classification/imagenet_r50.yaml")
-    transform, _ = cls.build_classification_transforms(recipe.input)
+    recipe_path = Path(__file__).resolve().parents[1] / "configs/classification/imagenet_r50.yaml"
+    recipe = load_config(ClassificationConfig, recipe_path)
+    assert recipe.input.mean_subtraction == "per_pixel"
+    transform, _ = cls.build_classification_transforms(recipe.input, np.zeros((224, 224, 3), np.float32))
     sizes = []
     resize = cls._resize_shorter
 
