@@ -67,8 +67,9 @@ def test_linear_warmup_then_steps():
     })
 
 
-def test_constant_warmup_is_the_paper_cifar110_recipe():
-    # ResNet-110: lr 0.01 for the first 400 iterations, then 0.1, /10 at 32k and 48k.
+def test_constant_warmup_holds_the_factor_for_warmup_iters():
+    # A fixed-length form of the paper's ResNet-110 warm-up (whose recipe uses the error rule,
+    # below): lr 0.01 for 400 iterations, then 0.1, /10 at 32k and 48k.
     cfg = _cfg(ClsSolverConfig, warmup_iters=400, warmup_factor=0.1, warmup_method="constant")
     assert cfg.base_lr == 0.1 and list(cfg.steps) == [32000, 48000]
     assert _lrs(cfg, [0, 399, 400]) == pytest.approx({0: 0.01, 399: 0.01, 400: 0.1})
