@@ -69,13 +69,13 @@ def uninterrupted(tmp_path_factory):
 
 
 def test_sigterm_then_sigkill_then_resume_equals_an_uninterrupted_run(tmp_path, uninterrupted):
-    # SIGTERM: the process finishes its iteration, saves it and exits with a message.
+    # SIGTERM: the process finishes its iteration, saves it and exits with the status to requeue on.
     first = _start(tmp_path, "--sleep", "0.1")
     _wait_for_checkpoint_after(tmp_path, first, 0)
     first.send_signal(signal.SIGTERM)
     _, err = first.communicate(timeout=60)
-    assert first.returncode == 2, err
-    match = re.search(r"interrupted at iteration (\d+); checkpoint saved to (\S+); resume with --resume", err)
+    assert first.returncode == 75, err
+    match = re.search(r"stopped: SIGTERM: interrupted at iteration (\d+); checkpoint saved to (\S+); resume with --resume", err)
     assert match, err
     stopped_at = int(match.group(1))
     assert 5 <= stopped_at < MAX_ITER
