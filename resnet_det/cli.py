@@ -52,7 +52,8 @@ def add_training_args(parser) -> None:
     parser.add_argument("--output", metavar="DIR", help="run folder: checkpoints, config.yaml, metrics.jsonl, tb/")
     parser.add_argument(
         "--resume", action="store_true",
-        help="continue the run in --output from its last checkpoint (starts afresh, from --weights, if it has none)",
+        help="continue the run in --output from its last checkpoint (starts afresh, from --weights, if it has none; "
+        "refused if none of them loads)",
     )
     parser.add_argument(
         "--force-unlock", action="store_true",

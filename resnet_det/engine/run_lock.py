@@ -5,6 +5,8 @@ pid, start time). The kernel drops a flock when its holder exits, however it exi
 the lock cannot outlive its process: a lock file left with a record but no flock is the trace of a
 process that died (SIGKILL, out of memory) and is taken over with a warning. A clean exit removes
 the file. A second process finds the flock held and stops with an error that names the holder.
+(Forked data-loader workers share the locked descriptor: after a SIGKILL the lock is free once
+they have noticed and exited too, within seconds.)
 
 On NFS, Linux turns flock into a POSIX byte-range lock that the server sees, so the lock holds
 across client hosts with NFSv4 (or NFSv3 with lockd), but not on mounts with ``nolock`` or

@@ -4,7 +4,7 @@ The loop knows nothing of images or boxes: it is given a model, an optimiser and
 ``make_loader(start_iter)`` that yields batches from any iteration on, and a ``step_fn`` that
 turns a batch into losses. What it owns is everything around that: mixed precision, gradient
 clipping, non-finite losses, periodic checkpoints and evaluation, logging, resuming, signals and
-multi-process training.
+multi-process training, all under the run folder's lock (``run_lock``: one writer per folder).
 
 Exact resumption: the checkpoint of iteration k holds the state the loop has right after
 finishing iteration k (model, optimiser, schedule, grad scaler, and every RNG), so resuming from
