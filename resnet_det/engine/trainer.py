@@ -22,7 +22,7 @@ import threading
 import time
 from collections import defaultdict
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, Iterator, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Tuple
 
 import numpy as np
 import torch
@@ -61,7 +61,7 @@ class TrainingInterrupted(TrainingError):
     """SIGINT, SIGTERM or SIGUSR1 stopped training after saving the checkpoint of the current
     iteration; ``exit_status`` is what the tools exit with (``PREEMPTED_EXIT_STATUS``, or 130)."""
 
-    def __init__(self, iteration: int, checkpoint: Path, signum: int = signal.SIGTERM):
+    def __init__(self, iteration: int, checkpoint: Path, signum: int):
         name = signal.Signals(signum).name
         super().__init__(
             f"{name}: interrupted at iteration {iteration}; checkpoint saved to {checkpoint}; resume with --resume"
@@ -292,7 +292,7 @@ class Trainer:
         logger.info("resumed %s at iteration %d", self.output_dir, self.start_iter)
         return self.start_iter
 
-    def _checkpoint_names(self) -> list:
+    def _checkpoint_names(self) -> List[str]:
         paths = set(self.checkpointer.periodic_checkpoints())
         latest = self.checkpointer.latest()
         if latest is not None:
