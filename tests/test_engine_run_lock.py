@@ -6,6 +6,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -19,7 +20,8 @@ from resnet_det.engine.checkpoint import Checkpointer
 from resnet_det.engine.run_lock import LOCK_FILE, RunLock, read_holder
 from resnet_det.errors import CheckpointError, ConfigError
 
-from test_engine_resume import _env, _finish, _start, _wait_for_checkpoint_after
+from test_engine_distributed import _free_port
+from test_engine_resume import SCRIPT, _env, _finish, _start, _wait_for_checkpoint_after
 from test_engine_trainer import _make
 
 REPO = Path(__file__).resolve().parents[1]
@@ -82,6 +84,25 @@ def test_the_lock_of_a_killed_holder_is_taken_over_and_its_leftovers_removed(tmp
     assert not any((tmp_path / name).exists() for name in leftovers) and (tmp_path / "notes.tmp").exists()
     assert (tmp_path / "model_final.pth").is_file() and not (tmp_path / LOCK_FILE).exists()
     assert _iterations(tmp_path) == list(range(1, 31))
+
+
+def test_under_torchrun_rank_0_holds_the_lock_and_a_relayed_sigusr1_stops_every_worker(tmp_path):
+    env = {k: v for k, v in _env().items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT")}
+    launcher = subprocess.Popen(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={_free_port()}",
+         "--signals-to-handle=SIGTERM,SIGINT,SIGUSR1", str(SCRIPT), "--output", str(tmp_path), "--max-iter", "300",
+         "--sleep", "0.1"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    _wait_for_checkpoint_after(tmp_path, launcher, 0)
+    assert read_holder(tmp_path)["pid"] != launcher.pid  # a worker (rank 0) holds it, not torchrun
+    launcher.send_signal(signal.SIGUSR1)
+    _, err = launcher.communicate(timeout=120)
+    stops = re.findall(r"stopped: SIGUSR1: interrupted at iteration (\d+); checkpoint saved", err)
+    assert len(stops) == 2 and len(set(stops)) == 1, err[-3000:]  # both ranks, at the same iteration
+    assert launcher.returncode == 1  # torchrun's own status after a signal, as the README says
+    assert (tmp_path / "last_checkpoint").read_text().strip() == f"model_{int(stops[0]):07d}.pth"
+    assert not (tmp_path / LOCK_FILE).exists()
 
 
 def _foreign_lock(folder: Path) -> bytes:
