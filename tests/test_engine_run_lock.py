@@ -1,6 +1,7 @@
 """One writer per run folder: a second training on a folder in use is refused and writes nothing, a
 dead holder's lock is taken over, another host's lock needs --force-unlock, leftovers of a cut-short
-save are removed at the next start, and --resume never starts a run over."""
+save are removed at the next start, rank 0 holds the lock under torchrun, and --resume never starts a
+run over."""
 
 import hashlib
 import json
