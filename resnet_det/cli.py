@@ -21,7 +21,10 @@ def user_message(error: BaseException) -> str:
 def main_guard(main):
     """Run ``main``; print a user error as ``error: <message>`` and exit with status 2.
 
-    Set ``RESNET_DET_TRACEBACK=1`` to see the full traceback of such an error.
+    An error that carries its own ``exit_status`` exits with it: training stopped by SIGTERM or
+    SIGUSR1 after saving a checkpoint prints ``stopped: <message>`` and exits with 75, for
+    schedulers to requeue (see ``resnet_det.engine.trainer``). Set ``RESNET_DET_TRACEBACK=1`` to
+    see the full traceback of such an error.
     """
 
     @functools.wraps(main)
@@ -33,8 +36,9 @@ def main_guard(main):
         except USER_ERRORS as e:
             if os.environ.get("RESNET_DET_TRACEBACK"):
                 raise
-            print(f"error: {user_message(e)}", file=sys.stderr)
-            sys.exit(2)
+            status = getattr(e, "exit_status", 2)
+            print(f"{'error' if status == 2 else 'stopped'}: {user_message(e)}", file=sys.stderr)
+            sys.exit(status)
         except KeyboardInterrupt:
             print("interrupted", file=sys.stderr)
             sys.exit(130)
@@ -48,7 +52,12 @@ def add_training_args(parser) -> None:
     parser.add_argument("--output", metavar="DIR", help="run folder: checkpoints, config.yaml, metrics.jsonl, tb/")
     parser.add_argument(
         "--resume", action="store_true",
-        help="continue the run in --output from its last checkpoint (starts afresh, from --weights, if it has none)",
+        help="continue the run in --output from its last checkpoint (starts afresh, from --weights, if it has none; "
+        "refused if none of them loads)",
+    )
+    parser.add_argument(
+        "--force-unlock", action="store_true",
+        help="take over the --output folder's lock left by a process on another host that you know is gone",
     )
     parser.add_argument("--device", help="auto | cpu | cuda | cuda:N (default: auto)")
     parser.add_argument("--amp", action="store_true", help="mixed precision (bf16 autocast; fp16 + grad scaling on older GPUs)")

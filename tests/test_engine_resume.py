@@ -68,14 +68,17 @@ def uninterrupted(tmp_path_factory):
         proc.communicate()
 
 
-def test_sigterm_then_sigkill_then_resume_equals_an_uninterrupted_run(tmp_path, uninterrupted):
-    # SIGTERM: the process finishes its iteration, saves it and exits with a message.
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGUSR1])
+def test_preempted_then_killed_then_resumed_equals_an_uninterrupted_run(tmp_path, uninterrupted, signum):
+    # SIGTERM / SIGUSR1 (a scheduler's preemption or time-limit warning): the process finishes its
+    # iteration, saves it and exits with 75, the status to requeue on.
     first = _start(tmp_path, "--sleep", "0.1")
     _wait_for_checkpoint_after(tmp_path, first, 0)
-    first.send_signal(signal.SIGTERM)
+    first.send_signal(signum)
     _, err = first.communicate(timeout=60)
-    assert first.returncode == 2, err
-    match = re.search(r"interrupted at iteration (\d+); checkpoint saved to (\S+); resume with --resume", err)
+    assert first.returncode == 75, err
+    name = signal.Signals(signum).name
+    match = re.search(rf"stopped: {name}: interrupted at iteration (\d+); checkpoint saved to (\S+); resume with --resume", err)
     assert match, err
     stopped_at = int(match.group(1))
     assert 5 <= stopped_at < MAX_ITER

@@ -188,23 +188,27 @@ def test_eval_runs_at_its_period_and_at_the_end_without_changing_training(tmp_pa
         assert torch.equal(value, with_eval.module.state_dict()[key]), key
 
 
-def test_sigterm_finishes_the_iteration_saves_and_restores_the_handlers(tmp_path):
-    def terminate_at_4(iteration, model):
+@pytest.mark.parametrize("signum, status", [(signal.SIGTERM, 75), (signal.SIGUSR1, 75), (signal.SIGINT, 130)])
+def test_a_stop_signal_finishes_the_iteration_saves_and_restores_the_handlers(tmp_path, signum, status):
+    def stop_at_4(iteration, model):
         if iteration == 4:
-            os.kill(os.getpid(), signal.SIGTERM)
+            os.kill(os.getpid(), signum)
 
-    before = signal.getsignal(signal.SIGTERM)
-    trainer = _make(tmp_path, max_iter=20, on_step=terminate_at_4)
+    before = signal.getsignal(signum)
+    trainer = _make(tmp_path, max_iter=20, on_step=stop_at_4)
     trainer.resume_or_load(resume=False)
     with pytest.raises(TrainingInterrupted) as info:
         trainer.train()
 
     checkpoint = tmp_path / "model_0000004.pth"
-    assert str(info.value) == f"interrupted at iteration 4; checkpoint saved to {checkpoint}; resume with --resume"
+    name = signal.Signals(signum).name
+    assert str(info.value) == f"{name}: interrupted at iteration 4; checkpoint saved to {checkpoint}; resume with --resume"
     assert info.value.iteration == 4 and isinstance(info.value, TrainingError)
+    assert info.value.signal == signum and info.value.exit_status == status
     assert torch.load(checkpoint, weights_only=False)["iteration"] == 4
     assert (tmp_path / "last_checkpoint").read_text().strip() == checkpoint.name
-    assert signal.getsignal(signal.SIGTERM) is before
+    assert signal.getsignal(signum) is before
+    assert not (tmp_path / "train.lock").exists()  # released on the way out
 
 
 def test_a_second_ctrl_c_stops_at_once(tmp_path):

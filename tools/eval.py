@@ -3,7 +3,7 @@
 Examples:
   python tools/eval.py --results dets.json --gt instances_val2017.json --output out/
   python tools/eval.py --results dets.json --dataset voc_2007_test --data-root datasets/
-  python tools/eval.py --run output/voc_r101_c4                  # its config and final/last checkpoint
+  python tools/eval.py --run output/voc_r101_c4                  # its newest checkpoint (also while training)
   python tools/eval.py --config configs/voc/faster_rcnn_c4.yaml --weights model_final.pth --dataset voc_2007_test
   torchrun --nproc_per_node=8 tools/eval.py --run output/coco_r101_c4
   python tools/eval.py --compare a/report.json b/report.json
@@ -17,6 +17,7 @@ voc10 (area AP) for VOC 2012. Numbers are fractions in 0..1, as pycocotools prin
 
 import argparse
 import logging
+import sys
 from pathlib import Path
 
 from resnet_det.cli import main_guard
@@ -40,7 +41,7 @@ def parse_args(argv=None):
     )
     source = parser.add_argument_group("what to evaluate (one of)")
     source.add_argument("--results", metavar="FILE", help="detections in COCO results format (no model)")
-    source.add_argument("--run", metavar="DIR", help="a training output folder: its config.yaml and checkpoint")
+    source.add_argument("--run", metavar="DIR", help="a training output folder: its newest checkpoint, rebuilt from the config stored in it")
     source.add_argument("--config", metavar="FILE", help="a detection config (with --weights)")
     source.add_argument("--compare", nargs=2, metavar=("A", "B"), help="print the differences of two report.json files")
     parser.add_argument("--weights", metavar="CKPT", help="the checkpoint to evaluate with --config")
@@ -101,6 +102,7 @@ def evaluate_model(args):
     overrides = [*args.opts, *([f"train.device={args.device}"] if args.device else [])]
     overrides += [f"datasets.root={args.data_root}"] if args.data_root else []
     loaded = load_detector(run=args.run, config=args.config, weights=args.weights, overrides=overrides)
+    print(f"evaluating {loaded.describe()}", file=sys.stderr)
     cfg = loaded.cfg
     register_from_config(cfg.datasets)
     if not args.dataset and not cfg.datasets.test:

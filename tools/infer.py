@@ -12,6 +12,7 @@ written as <name>_detections.mp4), and detections.json: per image (or video fram
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import cv2
@@ -35,7 +36,7 @@ def parse_args(argv=None):
         epilog=__doc__.split("\n\n", 1)[1],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--run", metavar="DIR", help="a train_det.py output folder (its config and checkpoint)")
+    parser.add_argument("--run", metavar="DIR", help="a train_det.py output folder: its newest checkpoint, rebuilt from the config stored in it")
     parser.add_argument("--config", metavar="FILE", help="a detection config (with --weights)")
     parser.add_argument("--weights", metavar="CKPT", help="a detection checkpoint (with --config, or to pick one of --run's)")
     parser.add_argument("--input", required=True, help="an image, a folder of images, or a video file")
@@ -108,6 +109,7 @@ def main(argv=None):
         raise DatasetError(f"--input {source}: no such file or folder")
     device = resolve_device(args.device)
     loaded = load_detector(run=args.run, config=args.config, weights=args.weights, overrides=args.opts, device=device)
+    print(f"detecting with {loaded.describe()}", file=sys.stderr)
     predictor = Predictor(loaded, device, score_thresh=args.score_thresh)
     output = Path(args.output)
     output.mkdir(parents=True, exist_ok=True)

@@ -83,7 +83,7 @@ def main(argv=None):
     from resnet_det.engine.distributed import is_main_process
     from resnet_det.engine.train_classification import train_classifier
 
-    results = train_classifier(cfg, resume=args.resume)
+    results = train_classifier(cfg, resume=args.resume, force_unlock=args.force_unlock)
     if is_main_process() and "val/top1_err" in results:
         logging.getLogger("train_cls").info(
             "done: %s/model_final.pth, val top-1 error %.2f%%, top-5 error %.2f%%",

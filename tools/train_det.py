@@ -74,7 +74,7 @@ def main(argv=None):
     cfg = build_config(args)
     from resnet_det.engine.train_detection import train_detector
 
-    train_detector(cfg, resume=args.resume)
+    train_detector(cfg, resume=args.resume, force_unlock=args.force_unlock)
 
 
 if __name__ == "__main__":

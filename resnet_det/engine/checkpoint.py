@@ -24,6 +24,7 @@ __all__ = [
     "atomic_write_bytes",
     "atomic_write_text",
     "atomic_torch_save",
+    "remove_temporary_files",
     "capture_rng_state",
     "restore_rng_state",
     "Checkpointer",
@@ -105,6 +106,28 @@ def atomic_torch_save(obj: Any, path: os.PathLike) -> None:
     """``torch.save`` straight into a temporary file (no second copy in memory), then rename."""
     with _atomic_open(path, "the previous checkpoint is intact") as f:
         torch.save(obj, f)
+
+
+# Any temporary file of _atomic_open: ".<name>.<pid>.<8 hex digits>.tmp".
+_ATOMIC_TMP = re.compile(r"^\..+\.\d+\.[0-9a-f]{8}\.tmp$")
+
+
+def remove_temporary_files(folder: os.PathLike) -> List[Path]:
+    """Delete the temporary files that saves killed midway left in ``folder``; return them.
+
+    Only for the folder's one writer (the holder of its run lock): another writer's save in
+    progress would look the same.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    removed = []
+    for path in sorted(folder.iterdir()):
+        if _ATOMIC_TMP.match(path.name) and path.is_file():
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+                removed.append(path)
+    return removed
 
 
 def capture_rng_state() -> Dict[str, Any]:

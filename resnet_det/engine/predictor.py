@@ -1,24 +1,34 @@
 """Loading a trained detector back (from a run folder or a config + checkpoint) and predicting.
 
 A detection checkpoint carries its resolved config and ``meta`` (classes, category ids, input
-format), so ``--run DIR`` alone is enough to rebuild the model. A checkpoint that does not fit the
-config (another backbone, head or number of classes) is refused with a message naming both.
+format), so ``--run DIR`` alone is enough to rebuild the model, and it is rebuilt from that stored
+config, not from the folder's ``config.yaml`` (which a later command may have rewritten; a
+difference is logged). A checkpoint that does not fit the config (another backbone, head or
+number of classes) is refused with a message naming both.
+
+Reading a run folder takes no lock, also while the run trains: checkpoints are written atomically
+and ``last_checkpoint`` names only complete ones, so a reader always sees a whole file.
 """
 
 import json
+import logging
+import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
-from resnet_det.config import DetectionConfig, load_config
+from resnet_det.config import DetectionConfig, apply_overrides, load_config
 from resnet_det.data.transforms import resize_shortest_edge
-from resnet_det.engine.checkpoint import Checkpointer
+from resnet_det.engine.checkpoint import FINAL_CHECKPOINT, Checkpointer
 from resnet_det.errors import CheckpointError, ConfigError
 from resnet_det.modeling import build_detector, prepare_for_inference
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -27,19 +37,58 @@ class LoadedDetector:
     cfg: DictConfig
     meta: Dict
     checkpoint: Path
+    iteration: Optional[int] = None
+
+    def describe(self) -> str:
+        """Which checkpoint this is, for the tools to print."""
+        at = f" (iteration {self.iteration})" if self.iteration is not None else ""
+        return f"checkpoint {self.checkpoint}{at}"
 
 
-def find_run_checkpoint(run_dir: Path) -> Path:
-    """``model_final.pth`` if the run finished, else the newest complete checkpoint."""
+def _periodic_iteration(path: Path) -> int:
+    m = re.fullmatch(r"model_(\d+)\.pth", path.name)
+    return int(m.group(1)) if m else -1
+
+
+def load_run_checkpoint(run_dir: Path) -> Tuple[Path, Dict]:
+    """The newest complete checkpoint of a run, and its contents: ``model_final.pth``, unless a
+    longer, resumed run has gone past it, else the checkpoint ``last_checkpoint`` names."""
     if not run_dir.is_dir():
         raise ConfigError(f"--run {run_dir}: no such folder; give the --output folder of a train_det.py run")
-    final = run_dir / "model_final.pth"
-    if final.is_file():
-        return final
-    latest = Checkpointer(run_dir, is_main=False).latest()
-    if latest is None:
+    checkpointer = Checkpointer(run_dir, is_main=False)
+    final = run_dir / FINAL_CHECKPOINT
+    found = (final, checkpointer.load(final)) if final.is_file() else None
+    for _ in range(3):  # a run in progress may prune the file between naming and our opening it
+        latest = checkpointer.latest()
+        if latest is None or (found is not None and _periodic_iteration(latest) <= int(found[1].get("iteration", -1))):
+            break
+        try:
+            return latest, checkpointer.load(latest)
+        except CheckpointError:
+            if latest.is_file():
+                raise
+    if found is None:
         raise CheckpointError(f"{run_dir} holds no checkpoint (model_final.pth or last_checkpoint): has training started?")
-    return latest
+    return found
+
+
+def _stored_config(state: Dict, weights: Path, run: Path, overrides) -> DictConfig:
+    """The config that trained ``weights`` (saved in the checkpoint), with ``overrides``."""
+    text = state["config"]
+    folder_config = run / "config.yaml"
+    if folder_config.is_file() and folder_config.read_text() != text:
+        logger.warning(
+            "%s differs from the config stored in %s, which trained these weights: using the stored one",
+            folder_config, weights,
+        )
+    try:
+        cfg = OmegaConf.merge(OmegaConf.structured(DetectionConfig), OmegaConf.create(text))
+    except OmegaConfBaseException as e:
+        raise ConfigError(
+            f"the config stored in {weights} does not fit this version ({str(e).splitlines()[0]}): "
+            "give --config FILE --weights CHECKPOINT instead of --run"
+        ) from None
+    return apply_overrides(cfg, overrides)
 
 
 def _check_fits(meta: Dict, cfg: DictConfig, path: Path) -> None:
@@ -63,20 +112,25 @@ def load_detector(
     device: torch.device = torch.device("cpu"),
 ) -> LoadedDetector:
     """The detector of a run (``run``) or of ``config`` + ``weights``, in eval mode on ``device``."""
-    if run is not None:
-        run = Path(run)
-        config = config or run / "config.yaml"
-        weights = weights or find_run_checkpoint(run)
-    if config is None or weights is None:
+    if run is None and (config is None or weights is None):
         raise ConfigError("give --run DIR, or both --config FILE and --weights CHECKPOINT")
-    weights = Path(weights)
-    state = Checkpointer(weights.parent, is_main=False).load(weights)
+    if run is not None and weights is None:
+        weights, state = load_run_checkpoint(Path(run))
+    else:
+        weights = Path(weights)
+        state = Checkpointer(weights.parent, is_main=False).load(weights)
     meta = state.get("meta") or {}
     # The detector's own weights replace any backbone initialisation: do not fetch ImageNet ones;
     # the normalisation those weights were trained with comes from the checkpoint.
     fmt = meta.get("input_format") or {}
     recorded = [f"model.input.{k}={json.dumps(fmt[k])}" for k in ("channel_order", "pixel_mean", "pixel_std") if k in fmt]
-    cfg = load_config(DetectionConfig, config, [*recorded, *overrides, "model.backbone.weights=null"])
+    recorded = [*recorded, *overrides, "model.backbone.weights=null"]
+    if config is None and state.get("config"):
+        cfg = _stored_config(state, weights, Path(run), recorded)
+        config = f"the config stored in {weights}"
+    else:
+        config = config or Path(run) / "config.yaml"
+        cfg = load_config(DetectionConfig, config, recorded)
     _check_fits(meta, cfg, weights)
     model = build_detector(cfg, int(meta["num_classes"]))
     try:
@@ -85,7 +139,8 @@ def load_detector(
         first = str(e).splitlines()[1].strip() if len(str(e).splitlines()) > 1 else str(e)
         raise CheckpointError(f"{weights} does not fit the model of {config}: {first}") from None
     model.to(device).eval()
-    return LoadedDetector(model, cfg, meta, weights)
+    iteration = state.get("iteration")
+    return LoadedDetector(model, cfg, meta, weights, int(iteration) if iteration is not None else None)
 
 
 class Predictor:

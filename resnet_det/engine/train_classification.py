@@ -20,6 +20,7 @@ from backbones import InputFormat, build_model
 from resnet_det.config import save_config
 from resnet_det.data.classification import build_classification_loaders, classification_train_loader
 from resnet_det.engine import distributed as dist_utils
+from resnet_det.engine.run_lock import hold_run_lock
 from resnet_det.engine.solver import build_lr_scheduler, build_optimizer
 from resnet_det.engine.trainer import Trainer, set_deterministic
 from resnet_det.errors import ConfigError, DatasetError
@@ -93,9 +94,18 @@ def _build_model(cfg: DictConfig, num_classes: int, data_format: InputFormat) ->
     return model
 
 
-def train_classifier(cfg: DictConfig, resume: bool = False) -> Dict[str, float]:
-    """Train as ``cfg`` says; returns the last logged scalars and the final ``val/`` metrics."""
+def train_classifier(cfg: DictConfig, resume: bool = False, force_unlock: bool = False) -> Dict[str, float]:
+    """Train as ``cfg`` says; returns the last logged scalars and the final ``val/`` metrics.
+
+    The run folder is locked from the start and written only once the trainer has accepted it,
+    as in detection; ``force_unlock`` takes over a lock left by another host (see ``run_lock``).
+    """
     dist = dist_utils.init_distributed(cfg.train.device, cfg.train.collective_timeout_s)
+    with hold_run_lock(cfg.train.output_dir, dist.is_main, force=force_unlock):
+        return _train_classifier(cfg, dist, resume)
+
+
+def _train_classifier(cfg: DictConfig, dist: dist_utils.DistInfo, resume: bool) -> Dict[str, float]:
     set_deterministic(cfg.train.seed + dist.rank, cfg.train.deterministic, cfg.train.cudnn_benchmark)
     output_dir = Path(cfg.train.output_dir)
 
@@ -116,15 +126,6 @@ def train_classifier(cfg: DictConfig, resume: bool = False) -> Dict[str, float]:
     input_format = _input_format(cfg, train_loader.dataset.transform)
     model = _build_model(cfg, num_classes, input_format)
     meta = classification_meta(cfg, model, class_names, input_format)
-    if dist.rank == 0:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, output_dir / "config.yaml")
-        logger.info(
-            "training %s on %d images of %s (%d classes) for %d iterations (%.1f epochs)",
-            cfg.model.name, train_size, cfg.data.dataset, num_classes, max_iter,
-            max_iter * cfg.solver.batch_size / train_size,
-        )
-
     optimizer = build_optimizer(model, cfg.solver)
     scheduler = build_lr_scheduler(optimizer, cfg.solver, max_iter=max_iter, steps=steps)
     if cfg.solver.lr_policy == "plateau" and cfg.train.eval_period < 1:
@@ -182,4 +183,11 @@ def train_classifier(cfg: DictConfig, resume: bool = False) -> Dict[str, float]:
         meta=meta,
     )
     trainer.resume_or_load(resume)
+    if dist.rank == 0:
+        save_config(cfg, output_dir / "config.yaml")
+        logger.info(
+            "training %s on %d images of %s (%d classes) for %d iterations (%.1f epochs)",
+            cfg.model.name, train_size, cfg.data.dataset, num_classes, max_iter,
+            max_iter * cfg.solver.batch_size / train_size,
+        )
     return trainer.train()

@@ -1,8 +1,10 @@
 """Fine-tuning a Faster R-CNN detector from a config: what tools/train_det.py runs.
 
 Builds the datasets, the detector, the solver and the shared ``Trainer``; writes the resolved
-``config.yaml`` and the data report into the run folder first, evaluates at ``eval_period`` and at
-the end, and leaves the mAP report of the last evaluation beside the checkpoints.
+``config.yaml`` and the data report into the run folder before the first iteration, evaluates at
+``eval_period`` and at the end, and leaves the mAP report of the last evaluation beside the
+checkpoints. The run folder's lock is held from the start, and nothing is written before the
+trainer has accepted the folder (a new run, or one to resume), so a refused call changes nothing.
 """
 
 import json
@@ -19,6 +21,7 @@ from resnet_det.data.catalog import get_dataset, get_datasets, register_from_con
 from resnet_det.engine import distributed as dist_utils
 from resnet_det.engine.checkpoint import atomic_write_text
 from resnet_det.engine.inference import detect_on_records
+from resnet_det.engine.run_lock import hold_run_lock
 from resnet_det.engine.solver import build_lr_scheduler, build_optimizer
 from resnet_det.engine.trainer import Trainer, set_deterministic
 from resnet_det.errors import DatasetError
@@ -77,10 +80,18 @@ def evaluate_detector(
     return report
 
 
-def train_detector(cfg: DictConfig, resume: bool = False) -> Dict:
-    """Train as ``cfg`` says; returns the final evaluation report (empty on non-zero ranks)."""
+def train_detector(cfg: DictConfig, resume: bool = False, force_unlock: bool = False) -> Dict:
+    """Train as ``cfg`` says; returns the final evaluation report (empty on non-zero ranks).
+
+    ``force_unlock`` takes over a lock that a process on another host left (see ``run_lock``).
+    """
     dist = dist_utils.init_distributed(cfg.train.device, cfg.train.collective_timeout_s)
     dist_utils.per_process_batch_size(cfg.solver.batch_size, dist.world_size)
+    with hold_run_lock(cfg.train.output_dir, dist.is_main, force=force_unlock):
+        return _train_detector(cfg, dist, resume)
+
+
+def _train_detector(cfg: DictConfig, dist: dist_utils.DistInfo, resume: bool) -> Dict:
     set_deterministic(cfg.train.seed + dist.rank, cfg.train.deterministic, cfg.train.cudnn_benchmark)
     output_dir = Path(cfg.train.output_dir)
 
@@ -95,15 +106,6 @@ def train_detector(cfg: DictConfig, resume: bool = False) -> Dict:
     if cfg.train.compile_backbone:
         compile_backbone(model, cfg.train.compile_backbone)
     meta = detection_meta(cfg, model, metadata)
-    if dist.rank == 0:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, output_dir / "config.yaml")
-        counts = metadata["sanitize_counts"]
-        atomic_write_text(output_dir / "data_report.json", json.dumps(counts.to_dict(), indent=2, sort_keys=True) + "\n")
-        if counts.total():
-            logger.warning("data: %s (details in %s)", counts.summary(), output_dir / "data_report.json")
-        logger.info("training on %d images of %s, %d classes", len(records), list(cfg.datasets.train), num_classes)
-
     optimizer = build_optimizer(model, cfg.solver)
     scheduler = build_lr_scheduler(optimizer, cfg.solver)
 
@@ -144,4 +146,11 @@ def train_detector(cfg: DictConfig, resume: bool = False) -> Dict:
         meta=meta,
     )
     trainer.resume_or_load(resume)
+    if dist.rank == 0:
+        save_config(cfg, output_dir / "config.yaml")
+        counts = metadata["sanitize_counts"]
+        atomic_write_text(output_dir / "data_report.json", json.dumps(counts.to_dict(), indent=2, sort_keys=True) + "\n")
+        if counts.total():
+            logger.warning("data: %s (details in %s)", counts.summary(), output_dir / "data_report.json")
+        logger.info("training on %d images of %s, %d classes", len(records), list(cfg.datasets.train), num_classes)
     return trainer.train()

@@ -4,7 +4,7 @@ The loop knows nothing of images or boxes: it is given a model, an optimiser and
 ``make_loader(start_iter)`` that yields batches from any iteration on, and a ``step_fn`` that
 turns a batch into losses. What it owns is everything around that: mixed precision, gradient
 clipping, non-finite losses, periodic checkpoints and evaluation, logging, resuming, signals and
-multi-process training.
+multi-process training, all under the run folder's lock (``run_lock``: one writer per folder).
 
 Exact resumption: the checkpoint of iteration k holds the state the loop has right after
 finishing iteration k (model, optimiser, schedule, grad scaler, and every RNG), so resuming from
@@ -24,7 +24,7 @@ import threading
 import time
 from collections import defaultdict
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, Iterator, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Tuple
 
 import numpy as np
 import torch
@@ -32,12 +32,19 @@ import torch.distributed as torch_dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from resnet_det.engine.checkpoint import Checkpointer, capture_rng_state, restore_rng_state
+from resnet_det.engine.checkpoint import (
+    FINAL_CHECKPOINT,
+    Checkpointer,
+    capture_rng_state,
+    remove_temporary_files,
+    restore_rng_state,
+)
 from resnet_det.engine.distributed import DistInfo, all_gather_object, all_reduce_max, reduce_dict
 from resnet_det.engine.events import EventWriter
+from resnet_det.engine.run_lock import hold_run_lock
 from resnet_det.errors import CheckpointError, ConfigError, TrainingError
 
-__all__ = ["Trainer", "TrainingInterrupted", "set_deterministic", "StepFn", "EvalFn"]
+__all__ = ["Trainer", "TrainingInterrupted", "PREEMPTED_EXIT_STATUS", "set_deterministic", "StepFn", "EvalFn"]
 
 logger = logging.getLogger(__name__)
 
@@ -45,18 +52,26 @@ StepFn = Callable[[nn.Module, Any], Tuple[Mapping[str, torch.Tensor], Mapping[st
 EvalFn = Callable[[nn.Module, int], Optional[Mapping[str, float]]]
 
 NONFINITE_POLICIES = ("stop", "skip")
-_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)
+# The exit status after SIGTERM or SIGUSR1 (a scheduler's preemption or time-limit warning):
+# EX_TEMPFAIL of sysexits.h, "try again later". The checkpoint is saved, so running the same
+# command with --resume continues the run; Ctrl-C (SIGINT) exits with the shell's 130 instead.
+PREEMPTED_EXIT_STATUS = 75
 
 
 class TrainingInterrupted(TrainingError):
-    """SIGINT or SIGTERM stopped training after saving the checkpoint of the current iteration."""
+    """SIGINT, SIGTERM or SIGUSR1 stopped training after saving the checkpoint of the current
+    iteration; ``exit_status`` is what the tools exit with (``PREEMPTED_EXIT_STATUS``, or 130)."""
 
-    def __init__(self, iteration: int, checkpoint: Path):
+    def __init__(self, iteration: int, checkpoint: Path, signum: int):
+        name = signal.Signals(signum).name
         super().__init__(
-            f"interrupted at iteration {iteration}; checkpoint saved to {checkpoint}; resume with --resume"
+            f"{name}: interrupted at iteration {iteration}; checkpoint saved to {checkpoint}; resume with --resume"
         )
         self.iteration = iteration
         self.checkpoint = checkpoint
+        self.signal = signum
+        self.exit_status = 130 if signum == signal.SIGINT else PREEMPTED_EXIT_STATUS
 
 
 def set_deterministic(seed: int, deterministic: bool = False, cudnn_benchmark: bool = False) -> None:
@@ -240,8 +255,22 @@ class Trainer:
         """Restore the newest good checkpoint (``resume``) or start at 0; return the start iteration.
 
         Without ``resume``, a folder that already holds checkpoints is refused rather than mixed
-        with, or overwritten by, a new run.
+        with, or overwritten by, a new run; with it, so is a folder whose checkpoints all fail to
+        load. Both are decided under the folder's lock (see ``run_lock``) before anything is
+        written; then the temporary files of saves that a crash cut short are removed.
         """
+        with hold_run_lock(self.output_dir, self.dist.is_main):
+            start = self._resume_or_load(resume)
+            if self.dist.is_main:
+                removed = remove_temporary_files(self.output_dir)
+                if removed:
+                    logger.warning(
+                        "removed %d temporary file(s) of a save that was cut short: %s",
+                        len(removed), ", ".join(p.name for p in removed),
+                    )
+        return start
+
+    def _resume_or_load(self, resume: bool) -> int:
         if not resume:
             if self.checkpointer.has_checkpoint():
                 raise ConfigError(
@@ -251,6 +280,11 @@ class Trainer:
             self.start_iter = self.iter = 0
             return 0
         state = self.checkpointer.load_latest()
+        if state is None and self.checkpointer.has_checkpoint():
+            raise CheckpointError(
+                f"--resume: no checkpoint in {self.output_dir} can be resumed ({', '.join(self._checkpoint_names())}; "
+                "the warnings above say why): move them away to start over, or choose another --output"
+            )
         if state is None:
             logger.info("no checkpoint to resume in %s; starting from scratch", self.output_dir)
             self.start_iter = self.iter = 0
@@ -259,6 +293,16 @@ class Trainer:
         self.start_iter = self.iter = int(state["iteration"])
         logger.info("resumed %s at iteration %d", self.output_dir, self.start_iter)
         return self.start_iter
+
+    def _checkpoint_names(self) -> List[str]:
+        paths = set(self.checkpointer.periodic_checkpoints())
+        latest = self.checkpointer.latest()
+        if latest is not None:
+            paths.add(latest)  # also when last_checkpoint names a file that is gone
+        final = self.output_dir / FINAL_CHECKPOINT
+        if final.is_file():
+            paths.add(final)  # holds no optimiser state: it cannot be resumed
+        return sorted(p.name for p in paths)
 
     def _restore(self, state: Dict[str, Any]) -> None:
         source = self.checkpointer.path_for(int(state["iteration"]))
@@ -340,7 +384,7 @@ class Trainer:
         """Run to ``max_iter``; return the last logged scalars and the final evaluation metrics.
 
         Raises TrainingError for a non-finite loss (policy "stop") or a failed worker, and
-        TrainingInterrupted after SIGINT/SIGTERM once the current iteration is checkpointed.
+        TrainingInterrupted after SIGINT/SIGTERM/SIGUSR1 once the current iteration is checkpointed.
         """
         if self.start_iter is None:
             raise RuntimeError("call resume_or_load() before train()")
@@ -348,12 +392,16 @@ class Trainer:
             logger.info("%s is already trained to iteration %d; nothing to do", self.output_dir, self.max_iter)
             return {"iteration": float(self.start_iter)}
         self._stop_signal = None
-        events = (
-            EventWriter(self.output_dir, max_iter=self.max_iter, start_iter=self.start_iter, progress=self.progress)
-            if self.dist.is_main
-            else None
-        )
-        with self._stop_on_signals(), events if events is not None else contextlib.nullcontext():
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(hold_run_lock(self.output_dir, self.dist.is_main))
+            stack.enter_context(self._stop_on_signals())
+            events = (
+                stack.enter_context(
+                    EventWriter(self.output_dir, max_iter=self.max_iter, start_iter=self.start_iter, progress=self.progress)
+                )
+                if self.dist.is_main
+                else None
+            )
             try:
                 return self._loop(events)
             except RuntimeError as e:
@@ -401,7 +449,7 @@ class Trainer:
             if self.iter % self.checkpoint_period == 0 or self.iter == self.max_iter or stop:
                 checkpoint = self._save()
             if stop and self.iter < self.max_iter:
-                raise TrainingInterrupted(self.iter, checkpoint)
+                raise TrainingInterrupted(self.iter, checkpoint, self._stop_signal or signal.SIGTERM)
         return results
 
     def _run_step(self, batch: Any, window: _Window) -> bool:

@@ -18,6 +18,7 @@ from resnet_det.cli import main_guard
 from resnet_det.config.defaults import SolverConfig
 from resnet_det.engine import Trainer, build_lr_scheduler, build_optimizer, init_distributed, set_deterministic
 from resnet_det.engine.distributed import cleanup
+from resnet_det.engine.run_lock import hold_run_lock
 
 BATCH = 8
 SEED = 7
@@ -42,6 +43,7 @@ def parse_args():
     p.add_argument("--output", required=True)
     p.add_argument("--max-iter", type=int, default=30)
     p.add_argument("--resume", action="store_true")
+    p.add_argument("--force-unlock", action="store_true")
     p.add_argument("--sleep", type=float, default=0.0, help="seconds per iteration, to be killed mid-run")
     p.add_argument("--timeout", type=float, default=600, help="collective timeout, seconds")
     p.add_argument("--die-at", type=int, help="rank 1 exits abruptly when fetching this iteration")
@@ -87,8 +89,9 @@ def main():
         meta={"kind": "classification", "arch": "toy"},
     )
     try:
-        trainer.resume_or_load(resume=args.resume)
-        trainer.train()
+        with hold_run_lock(args.output, dist.is_main, force=args.force_unlock):  # as the tools do
+            trainer.resume_or_load(resume=args.resume)
+            trainer.train()
     finally:
         cleanup()
     digest = hashlib.sha256(b"".join(p.detach().numpy().tobytes() for p in model.parameters())).hexdigest()
