@@ -19,7 +19,6 @@ import argparse
 import logging
 from pathlib import Path
 
-from backbones.serialization import trust_checkpoints
 from resnet_det.cli import add_trust_arg, main_guard
 from resnet_det.errors import EvaluationError
 from resnet_det.safe_paths import output_name
@@ -95,6 +94,7 @@ def evaluate_model(args):
 
     Imported here, not at the top: the --results and --compare paths need neither torch nor a model.
     """
+    from backbones.serialization import trust_checkpoints
     from resnet_det.config import config_hash
     from resnet_det.data import BadRecordPolicy, get_dataset, register_from_config
     from resnet_det.engine.distributed import init_distributed
