@@ -236,6 +236,19 @@ def test_our_checkpoints_load_with_plain_weights_only_and_resume_the_random_stre
     assert (random.random(), np.random.randn(3).tolist()) == expected[:2] and torch.equal(torch.rand(3), expected[2])
 
 
+def test_checkpoints_written_by_training_load_with_plain_weights_only(tmp_path):
+    """Everything training stores (optimizer, scheduler, scaler, meta, every random state) is
+    tensors and plain data: PyTorch's own safe loader, without our numpy allow-list, takes it."""
+    make_cifar(tmp_path / "data", per_batch=4)
+    load_tool("train_cls").main([
+        "--dataset", "cifar10", "--data-root", str(tmp_path / "data"), "--model", "cifar_r8", "--output",
+        str(tmp_path / "run"), "--device", "cpu", "--max-iter", "1", "--batch-size", "4", "dataloader.num_workers=0",
+    ])
+    periodic = torch.load(tmp_path / "run" / "model_0000001.pth", weights_only=True)
+    assert {"model", "optimizer", "scheduler", "rng", "meta"} <= periodic.keys()
+    assert torch.load(tmp_path / "run" / "model_final.pth", weights_only=True)["meta"]["arch"] == "cifar_r8"
+
+
 def test_checkpoints_of_the_previous_format_still_resume(tmp_path):
     """Before, numpy's state was stored as its own tuple (with an array): still safe to read, as
     arrays are rebuilt without running code, and restored the same."""
