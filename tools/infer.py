@@ -113,7 +113,9 @@ def main(argv=None):
         raise DatasetError(f"--input {source}: no such file or folder")
     device = resolve_device(args.device)
     with trust_checkpoints(args.trust_checkpoint):
-        loaded = load_detector(run=args.run, config=args.config, weights=args.weights, overrides=args.opts, device=device)
+        loaded = load_detector(
+            run=args.run, config=args.config, weights=args.weights, overrides=args.opts, device=device
+        )
     predictor = Predictor(loaded, device, score_thresh=args.score_thresh)
     output = Path(args.output)
     output.mkdir(parents=True, exist_ok=True)

@@ -165,12 +165,16 @@ def compare_reports(path_a: Path, path_b: Path) -> str:
     """The differences b - a between two report.json files, per headline number and per class AP."""
     a, b = load_report(path_a), load_report(path_b)
     lines = [
-        _plain(f"{label} = {path}: {r['metric']} on {r['dataset']}, checkpoint {r.get('checkpoint') or '-'}, {r.get('date') or '-'}")
+        _plain(
+            f"{label} = {path}: {r['metric']} on {r['dataset']}, "
+            f"checkpoint {r.get('checkpoint') or '-'}, {r.get('date') or '-'}"
+        )
         for label, path, r in (("a", path_a, a), ("b", path_b, b))
     ]
     for key in ("metric", "dataset"):
         if a[key] != b[key]:
-            lines.append(_plain(f"note: the {key}s differ ({a[key]} vs {b[key]}), so the numbers measure different things"))
+            note = f"note: the {key}s differ ({a[key]} vs {b[key]}), so the numbers measure different things"
+            lines.append(_plain(note))
     ap_a = {_plain(row["name"]): row["AP"] for row in a["per_class"]}
     ap_b = {_plain(row["name"]): row["AP"] for row in b["per_class"]}
     for title, x, y in (("number", a["summary"], b["summary"]), ("class AP", ap_a, ap_b)):
