@@ -23,6 +23,7 @@ setup(
         "tqdm",
         "tensorboard",
         "matplotlib",
+        "defusedxml>=0.7",
     ],
     extras_require={"test": ["pytest", "pytest-timeout", "hypothesis"]},
 )

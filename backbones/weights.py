@@ -16,7 +16,6 @@ Each form also records how its images were normalised (``InputFormat``) and the 
 was made with, which the builders follow for the options a user leaves unset.
 """
 
-import importlib
 import logging
 import os
 import pickle
@@ -30,7 +29,8 @@ import torch
 import torchvision
 from torch import nn
 
-from .errors import BackboneError
+from .errors import BackboneError, UnsafeFileError
+from .serialization import load_pickle, torch_load
 
 logger = logging.getLogger(__name__)
 
@@ -228,7 +228,7 @@ def _read_file(path: Path) -> Weights:
         raise BackboneError(f"weights file {path} not found; {ACCEPTED}")
     if path.suffix == ".pkl":
         return _read_caffe2(path)
-    content = _unpickle(path, _torch_load)
+    content = _unpickle(path, torch_load)
     if _is_state_dict(content):
         return Weights(str(path), dict(content), TORCHVISION_INPUT, _torchvision_options(content))
     if isinstance(content, Mapping) and "model" in content and isinstance(content.get("meta"), Mapping):
@@ -241,6 +241,8 @@ def _read_file(path: Path) -> Weights:
 def _unpickle(path: Path, load):
     try:
         return load(path)
+    except UnsafeFileError:
+        raise
     except Exception as e:  # a damaged or foreign file fails in many ways, all meaning the same here
         why = "empty file" if path.stat().st_size == 0 else f"unreadable: {type(e).__name__}"
         raise BackboneError(f"{path} is not a weights file ({why}); {ACCEPTED}") from None
@@ -258,44 +260,8 @@ def _torchvision_options(state: Mapping[str, torch.Tensor]) -> dict:
     return {"stride_in_1x1": False, **_num_classes(state)}
 
 
-# What numpy arrays pickle to: enough to rebuild them, nothing that can run code.
-_NUMPY_GLOBALS = frozenset(
-    {
-        ("numpy", "ndarray"),
-        ("numpy", "dtype"),
-        ("numpy._core.multiarray", "_reconstruct"),
-        ("numpy._core.multiarray", "scalar"),
-        ("numpy._core.numeric", "_frombuffer"),
-    }
-)
-
-
-def _torch_load(path: Path):
-    """``torch.load`` restricted to tensors and plain data; numpy arrays allowed (checkpoints keep
-    numpy's random state)."""
-    allowed = [getattr(importlib.import_module(module), name) for module, name in sorted(_NUMPY_GLOBALS)]
-    allowed += [getattr(np.dtypes, name) for name in np.dtypes.__all__]  # e.g. UInt32DType
-    with torch.serialization.safe_globals(allowed):
-        return torch.load(path, map_location="cpu", weights_only=True)
-
-
-class _NumpyUnpickler(pickle.Unpickler):
-    """Unpickles dicts of numpy arrays and refuses anything else, as ``weights_only`` does for torch."""
-
-    def find_class(self, module: str, name: str):
-        if module.startswith("numpy.core"):  # written with numpy < 2
-            module = "numpy._core" + module[len("numpy.core") :]
-        if (module, name) in _NUMPY_GLOBALS or (module, name) == ("_codecs", "encode"):
-            return super().find_class(module, name)
-        raise pickle.UnpicklingError(f"{module}.{name} is not part of a weights file")
-
-
 def _read_caffe2(path: Path) -> Weights:
-    def load(file: Path):
-        with open(file, "rb") as f:
-            return _NumpyUnpickler(f, encoding="latin1").load()  # the MSRA files are Python 2 pickles
-
-    content = _unpickle(path, load)
+    content = _unpickle(path, lambda file: load_pickle(file, encoding="latin1"))  # MSRA's are Python 2 pickles
     blobs = content.get("blobs", content) if isinstance(content, Mapping) else {}
     arrays = {name: value for name, value in blobs.items() if isinstance(value, np.ndarray)}
     if not arrays:

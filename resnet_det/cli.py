@@ -46,6 +46,17 @@ def main_guard(main):
     return wrapper
 
 
+def add_trust_arg(parser) -> None:
+    """``--trust-checkpoint``: the opt-in, for this call, to files that only load by running code."""
+    from backbones.serialization import TRUST_FLAG
+
+    parser.add_argument(
+        TRUST_FLAG, action="store_true",
+        help="load checkpoints and weights files even if unpickling them can run code (old or foreign "
+        "formats); only for files you trust, and a warning names each one",
+    )
+
+
 def add_training_args(parser) -> None:
     """The flags that tools/train_det.py and tools/train_cls.py share."""
     parser.add_argument("--config", metavar="FILE", help="YAML recipe (see configs/); flags and overrides apply on top")
@@ -69,6 +80,7 @@ def add_training_args(parser) -> None:
     parser.add_argument("--weights", help="starting weights: imagenet | a .pth state dict | an MSRA .pkl | a train_cls.py checkpoint")
     parser.add_argument("--data-root", metavar="DIR", help="datasets folder (default: $RESNET_DET_DATASETS or ./datasets)")
     parser.add_argument("--seed", type=int, help="random seed (default: the config's)")
+    add_trust_arg(parser)
     parser.add_argument(
         "opts", nargs="*", metavar="KEY=VALUE", help="overrides of any config key, e.g. train.checkpoint_period=500"
     )

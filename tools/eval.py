@@ -20,8 +20,9 @@ import logging
 import sys
 from pathlib import Path
 
-from resnet_det.cli import main_guard
+from resnet_det.cli import add_trust_arg, main_guard
 from resnet_det.errors import EvaluationError
+from resnet_det.safe_paths import output_name
 from resnet_det.evaluation import (
     METRICS,
     compare_reports,
@@ -53,6 +54,7 @@ def parse_args(argv=None):
     parser.add_argument("--metric", choices=METRICS, help="default: coco for COCO-format data, voc07 / voc10 by year")
     parser.add_argument("--output", metavar="DIR", help="folder for the report files (with --run: DIR/eval/NAME)")
     parser.add_argument("--device", help="auto | cpu | cuda | cuda:N, for the model (default: the config's)")
+    add_trust_arg(parser)
     parser.add_argument("opts", nargs="*", metavar="KEY=VALUE", help="config overrides, for --run / --config")
     args = parser.parse_intermixed_args(argv)
 
@@ -93,6 +95,7 @@ def evaluate_model(args):
 
     Imported here, not at the top: the --results and --compare paths need neither torch nor a model.
     """
+    from backbones.serialization import trust_checkpoints
     from resnet_det.config import config_hash
     from resnet_det.data import BadRecordPolicy, get_dataset, register_from_config
     from resnet_det.engine.distributed import init_distributed
@@ -101,7 +104,8 @@ def evaluate_model(args):
 
     overrides = [*args.opts, *([f"train.device={args.device}"] if args.device else [])]
     overrides += [f"datasets.root={args.data_root}"] if args.data_root else []
-    loaded = load_detector(run=args.run, config=args.config, weights=args.weights, overrides=overrides)
+    with trust_checkpoints(args.trust_checkpoint):
+        loaded = load_detector(run=args.run, config=args.config, weights=args.weights, overrides=overrides)
     print(f"evaluating {loaded.describe()}", file=sys.stderr)
     cfg = loaded.cfg
     register_from_config(cfg.datasets)
@@ -137,7 +141,7 @@ def main(argv=None):
     print("\n".join(report["cocoeval_summary"]))
     print()
     print(format_table(report), end="")
-    output = args.output or (Path(args.run) / "eval" / report["dataset"] if args.run else None)
+    output = args.output or (Path(args.run) / "eval" / output_name(report["dataset"]) if args.run else None)
     if output:
         paths = write_report(report, detections, Path(output))
         print(f"\nwrote {', '.join(str(p) for p in paths.values())}")

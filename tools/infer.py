@@ -18,12 +18,14 @@ from pathlib import Path
 import cv2
 from tqdm import tqdm
 
-from resnet_det.cli import main_guard
+from backbones.serialization import trust_checkpoints
+from resnet_det.cli import add_trust_arg, main_guard
 from resnet_det.data.image_io import read_image
-from resnet_det.engine.checkpoint import atomic_write_text
+from resnet_det.engine.checkpoint import atomic_write_bytes, atomic_write_text
 from resnet_det.engine.distributed import resolve_device
 from resnet_det.engine.predictor import Predictor, load_detector
 from resnet_det.errors import ConfigError, DatasetError
+from resnet_det.safe_paths import output_path
 from resnet_det.visualization import draw_detections
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
@@ -44,6 +46,7 @@ def parse_args(argv=None):
     parser.add_argument("--score-thresh", type=float, default=0.5, help="keep detections scoring at least this (default 0.5)")
     parser.add_argument("--max-images", type=int, metavar="N", help="with a folder: only its first N images (sorted by name)")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    add_trust_arg(parser)
     parser.add_argument("opts", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. input.min_size_test=800")
     return parser.parse_intermixed_args(argv)
 
@@ -64,8 +67,10 @@ def infer_images(predictor, paths, output: Path, score_thresh: float):
         image = read_image(path)
         det = predictor(image)
         drawn = draw_detections(image, det["boxes"], det["labels"], det["scores"], predictor.class_names, score_thresh)
-        ok, encoded = cv2.imencode(path.suffix if path.suffix.lower() in IMAGE_SUFFIXES else ".png", drawn[:, :, ::-1])
-        (output / path.name).write_bytes(encoded.tobytes())
+        suffix = path.suffix if path.suffix.lower() in IMAGE_SUFFIXES else ".png"
+        ok, encoded = cv2.imencode(suffix, drawn[:, :, ::-1])
+        # A plain file name directly in --output, replacing (not following) a link of that name.
+        atomic_write_bytes(output_path(output, path.stem + suffix), encoded.tobytes())
         results.append(_as_json(path.name, det, predictor.class_names))
     return results
 
@@ -76,7 +81,7 @@ def infer_video(predictor, path: Path, output: Path, score_thresh: float):
         raise DatasetError(f"cannot open video {path}: check the file, or convert it to mp4 (H.264)")
     fps = capture.get(cv2.CAP_PROP_FPS) or 25.0
     frames = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) or None
-    out_path = output / f"{path.stem}_detections.mp4"
+    out_path = output_path(output, f"{path.stem}_detections.mp4")
     writer = None
     results = []
     try:
@@ -108,7 +113,10 @@ def main(argv=None):
     if not source.exists():
         raise DatasetError(f"--input {source}: no such file or folder")
     device = resolve_device(args.device)
-    loaded = load_detector(run=args.run, config=args.config, weights=args.weights, overrides=args.opts, device=device)
+    with trust_checkpoints(args.trust_checkpoint):
+        loaded = load_detector(
+            run=args.run, config=args.config, weights=args.weights, overrides=args.opts, device=device
+        )
     print(f"detecting with {loaded.describe()}", file=sys.stderr)
     predictor = Predictor(loaded, device, score_thresh=args.score_thresh)
     output = Path(args.output)

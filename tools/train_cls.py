@@ -27,6 +27,7 @@ import argparse
 import logging
 from pathlib import Path
 
+from backbones.serialization import trust_checkpoints
 from resnet_det.cli import add_training_args, main_guard, training_overrides
 from resnet_det.config import ClassificationConfig, load_config
 from resnet_det.errors import ConfigError
@@ -83,7 +84,8 @@ def main(argv=None):
     from resnet_det.engine.distributed import is_main_process
     from resnet_det.engine.train_classification import train_classifier
 
-    results = train_classifier(cfg, resume=args.resume, force_unlock=args.force_unlock)
+    with trust_checkpoints(args.trust_checkpoint):
+        results = train_classifier(cfg, resume=args.resume, force_unlock=args.force_unlock)
     if is_main_process() and "val/top1_err" in results:
         logging.getLogger("train_cls").info(
             "done: %s/model_final.pth, val top-1 error %.2f%%, top-5 error %.2f%%",

@@ -18,6 +18,7 @@ import argparse
 import logging
 from pathlib import Path
 
+from backbones.serialization import trust_checkpoints
 from resnet_det.cli import add_training_args, main_guard, training_overrides
 from resnet_det.config import DetectionConfig, load_config
 from resnet_det.errors import ConfigError
@@ -74,7 +75,8 @@ def main(argv=None):
     cfg = build_config(args)
     from resnet_det.engine.train_detection import train_detector
 
-    train_detector(cfg, resume=args.resume, force_unlock=args.force_unlock)
+    with trust_checkpoints(args.trust_checkpoint):
+        train_detector(cfg, resume=args.resume, force_unlock=args.force_unlock)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,6 @@ As for detection, a training sample is ``dataset[(index, sample_seed)]`` and its
 drawn from a generator seeded by it, so a resumed run sees exactly the same batches.
 """
 
-import pickle
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple, Union
 
@@ -26,6 +25,9 @@ import cv2
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, default_collate
+
+from backbones.errors import UnsafeFileError
+from backbones.serialization import load_pickle
 
 from resnet_det.data.build import loader_options, read_with_replacement
 from resnet_det.data.catalog import dataset_root, require_path
@@ -74,9 +76,11 @@ def image_folder(split_dir: Path) -> Tuple[List[str], np.ndarray, List[str]]:
 
 
 def _unpickle(path: Path) -> dict:
+    """A CIFAR-10 batch: numpy arrays and plain data only; a pickle that would run code is refused."""
     try:
-        with open(path, "rb") as f:
-            return pickle.load(f, encoding="bytes")
+        return load_pickle(path, encoding="bytes", trustable=False)
+    except UnsafeFileError:
+        raise
     except OSError as e:
         raise DatasetError(f"cannot read {path} ({e.strerror}); {_CIFAR_FIX}") from None
     except Exception as e:  # unpickling can fail in many ways on a damaged file

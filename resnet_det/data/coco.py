@@ -6,6 +6,8 @@ deep inside pycocotools. Category ids (COCO's run 1..90 with gaps) become contig
 in category-id order; ``metadata["label_to_category_id"]`` maps them back for the detections
 file. COCO boxes are ``[x, y, w, h]`` and become ``[x0, y0, x1, y1]``. Crowd regions are kept,
 flagged ``iscrowd=1`` (the train loader drops them; COCOeval reads them from the json).
+A ``file_name`` is relative to the images folder and must stay inside it (no absolute paths, no
+``..`` out of it); a json larger than ``$RESNET_DET_MAX_JSON_BYTES`` is refused unread.
 """
 
 import contextlib
@@ -20,6 +22,8 @@ from pycocotools.coco import COCO
 
 from resnet_det.data.sanitize import RecordSanitizer, is_number
 from resnet_det.errors import DatasetError
+from resnet_det.limits import check_json_size
+from resnet_det.safe_paths import inside
 
 
 def _is_int(x) -> bool:
@@ -27,6 +31,7 @@ def _is_int(x) -> bool:
 
 
 def _read_json(path: Path):
+    check_json_size(path, DatasetError)
     try:
         return json.loads(path.read_bytes())
     except OSError as e:
@@ -127,7 +132,7 @@ def load_coco_json(
             )
         records.append(
             {
-                "file_name": os.path.join(images_dir, img["file_name"]),
+                "file_name": inside(images_dir, img["file_name"], f"{path}: image {img['id']}"),
                 "image_id": img["id"],
                 "height": img["height"],
                 "width": img["width"],

@@ -7,6 +7,10 @@ a box covering pixels 1..10 spans [0, 10)). The VOC evaluator adds the 1 back.
 Only direct ``<object>`` children of ``<annotation>`` and their direct ``<bndbox>`` are read, so the
 ``<part>`` boxes (head, hand, foot) nested in a person are ignored. ``difficult`` objects are kept,
 flagged, for the evaluator; the train loader leaves them out unless ``datasets.use_difficult``.
+
+Files are found by the ids of the image set (``<id>.xml``, ``<id>.jpg``), which must stay inside
+``Annotations/`` and ``JPEGImages/``; the XML's ``<filename>`` is not used. The XML is parsed with
+``defusedxml``: entity declarations (a "billion laughs" bomb) and external references are refused.
 """
 
 import os
@@ -16,8 +20,12 @@ from xml.parsers.expat import ErrorString
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
+import defusedxml
+import defusedxml.ElementTree
+
 from resnet_det.data.sanitize import RecordSanitizer
 from resnet_det.errors import DatasetError
+from resnet_det.safe_paths import inside
 
 VOC_CLASSES = (
     "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
@@ -32,8 +40,16 @@ def voc_image_id(voc_id: str) -> int:
 
 
 def _parse(xml_path: Path) -> ET.Element:
+    """The root element; entity declarations and external references (an XML bomb, or a file
+    that makes the parser read another) are refused before anything is expanded."""
     try:
-        return ET.parse(xml_path).getroot()
+        return defusedxml.ElementTree.parse(xml_path).getroot()
+    except defusedxml.DefusedXmlException as e:
+        raise DatasetError(
+            f"{xml_path}: XML with entity declarations or external references ({type(e).__name__}) is "
+            "refused, as such a file can expand to gigabytes or read other files; a VOC annotation needs "
+            "none: remove its <!DOCTYPE ...> part"
+        ) from None
     except ET.ParseError as e:
         (line, column), problem = e.position, ErrorString(e.code)
         raise DatasetError(
@@ -64,8 +80,10 @@ def _flag(obj: ET.Element, tag: str, where: str) -> int:
     return int(value)
 
 
-def _read_annotation(voc_root: Path, voc_id: str, label_of: Dict[str, int], sanitizer: RecordSanitizer) -> dict:
-    xml_path = voc_root / "Annotations" / f"{voc_id}.xml"
+def _read_annotation(
+    voc_root: Path, voc_id: str, label_of: Dict[str, int], sanitizer: RecordSanitizer, where: str
+) -> dict:
+    xml_path = Path(inside(voc_root / "Annotations", f"{voc_id}.xml", where))
     root = _parse(xml_path)
     size = root.find("size")
     if size is None:
@@ -94,7 +112,7 @@ def _read_annotation(voc_root: Path, voc_id: str, label_of: Dict[str, int], sani
             }
         )
     return {
-        "file_name": os.path.abspath(voc_root / "JPEGImages" / f"{voc_id}.jpg"),
+        "file_name": inside(voc_root / "JPEGImages", f"{voc_id}.jpg", where),
         "image_id": voc_image_id(voc_id),
         "voc_id": voc_id,
         "height": int(height),
@@ -114,4 +132,8 @@ def load_voc_split(
     except (OSError, UnicodeDecodeError) as e:
         raise DatasetError(f"cannot read the VOC image set {ids_file} ({e}); check the VOCdevkit folder") from None
     label_of = {name: i for i, name in enumerate(class_names, start=1)}
-    return [_read_annotation(voc_root, line.split()[0], label_of, sanitizer) for line in lines if line.strip()]
+    return [
+        _read_annotation(voc_root, line.split()[0], label_of, sanitizer, f"{ids_file}: line {number}")
+        for number, line in enumerate(lines, start=1)
+        if line.strip()
+    ]

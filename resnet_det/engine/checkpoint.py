@@ -18,6 +18,8 @@ from typing import IO, Any, Dict, Iterator, List, Optional
 import numpy as np
 import torch
 
+from backbones.errors import UnsafeFileError
+from backbones.serialization import torch_load
 from resnet_det.errors import CheckpointError, ConfigError
 
 __all__ = [
@@ -131,19 +133,39 @@ def remove_temporary_files(folder: os.PathLike) -> List[Path]:
 
 
 def capture_rng_state() -> Dict[str, Any]:
-    """The state of every random generator training draws from, so a resumed run draws the same."""
+    """The state of every random generator training draws from, so a resumed run draws the same.
+
+    Tensors and plain data only, so that checkpoints load with ``torch.load(weights_only=True)``:
+    numpy's state tuple holds an array, stored here as an int64 tensor beside its other fields.
+    """
+    algorithm, keys, pos, has_gauss, cached_gaussian = np.random.get_state()
     return {
         "python": random.getstate(),
-        "numpy": np.random.get_state(),
+        "numpy": {
+            "algorithm": str(algorithm),
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached_gaussian),
+        },
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
     }
 
 
+def _numpy_state(state: Any) -> tuple:
+    # Checkpoints before the plain-data form hold numpy's own tuple.
+    if not isinstance(state, dict):
+        return tuple(state)
+    keys = np.asarray(state["keys"].numpy() if torch.is_tensor(state["keys"]) else state["keys"]).astype(np.uint32)
+    return (state["algorithm"], keys, state["pos"], state["has_gauss"], state["cached_gaussian"])
+
+
 def restore_rng_state(state: Dict[str, Any]) -> None:
     """Inverse of :func:`capture_rng_state`; CUDA states are restored for the GPUs present."""
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    np.random.set_state(_numpy_state(state["numpy"]))
     torch.set_rng_state(state["torch"])
     cuda = state.get("cuda")
     if cuda and torch.cuda.is_available():
@@ -214,10 +236,11 @@ class Checkpointer:
                 path.unlink()
 
     def latest(self) -> Optional[Path]:
-        """The checkpoint ``last_checkpoint`` names (or the newest file present if it names none)."""
+        """The checkpoint ``last_checkpoint`` names (or the newest file present if it names none);
+        always a file in ``output_dir``, whatever path a copied run folder's marker holds."""
         marker = self.output_dir / LAST_CHECKPOINT
         if marker.is_file():
-            name = marker.read_text().strip()
+            name = Path(marker.read_text().strip()).name
             if name:
                 return self.output_dir / name
         present = self.periodic_checkpoints()
@@ -229,15 +252,19 @@ class Checkpointer:
 
     def load(self, path: os.PathLike, map_location: Any = "cpu") -> Dict[str, Any]:
         """Load one of our files (``model_*.pth``, periodic or final); a missing, truncated or
-        foreign file is a CheckpointError."""
+        foreign file is a CheckpointError.
+
+        Only tensors and plain data are unpickled (``backbones.serialization``): a file that would
+        run code is an ``UnsafeFileError``, never a fallback to an older checkpoint, unless the
+        call opted in with ``trust_checkpoints``.
+        """
         path = Path(path)
         if not path.is_file():
             raise CheckpointError(f"checkpoint {path} does not exist; give the path of a model_*.pth file")
         try:
-            # weights_only=False: our own checkpoints hold Python and NumPy RNG states, which the
-            # safe unpickler refuses. Only files this module wrote are loaded this way, never
-            # downloaded weights (backbones.weights loads those with weights_only=True).
-            state = torch.load(path, map_location=map_location, weights_only=False)
+            state = torch_load(path, map_location=map_location)
+        except UnsafeFileError:
+            raise
         except Exception as e:  # torch raises RuntimeError, EOFError, UnpicklingError, ... for damage
             reason = str(e).splitlines()[0] if str(e) else type(e).__name__
             raise CheckpointError(

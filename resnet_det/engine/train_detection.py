@@ -28,6 +28,7 @@ from resnet_det.errors import DatasetError
 from resnet_det.evaluation.evaluator import evaluate_detections
 from resnet_det.evaluation.report import format_table, write_report
 from resnet_det.modeling import build_detector, compile_backbone
+from resnet_det.safe_paths import output_name
 
 logger = logging.getLogger(__name__)
 
@@ -129,7 +130,7 @@ def _train_detector(cfg: DictConfig, dist: dist_utils.DistInfo, resume: bool) ->
         scores = {}
         for name in cfg.datasets.test:
             report = evaluate_detector(
-                m, cfg, name, dist.device, output_dir / "eval" / name, checkpoint=f"iteration {iteration}"
+                m, cfg, name, dist.device, output_dir / "eval" / output_name(name), checkpoint=f"iteration {iteration}"
             )
             scores.update({f"{name}/{k}": v for k, v in report.get("summary", {}).items()})
         return scores

@@ -23,6 +23,7 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from resnet_det.errors import EvaluationError
+from resnet_det.limits import check_json_size
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +37,7 @@ def read_json(path: Path, what: str) -> Any:
     path = Path(path)
     if not path.is_file():
         raise EvaluationError(f"{what} {path} does not exist: give the path of a JSON file")
+    check_json_size(path, EvaluationError)
     try:
         return json.loads(path.read_text())
     except json.JSONDecodeError as e:

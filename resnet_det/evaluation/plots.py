@@ -14,6 +14,13 @@ from matplotlib.figure import Figure
 MAX_LINES = 10
 
 
+def _plain(text: str) -> str:
+    """``text`` as matplotlib shows it literally: ``$`` would start mathtext (and a malformed
+    formula fails the whole plot), a leading ``_`` would hide a legend entry."""
+    text = str(text).replace("$", r"\$")
+    return f" {text}" if text.startswith("_") else text
+
+
 def classes_to_plot(ap: Mapping[str, Optional[float]], max_lines: int = MAX_LINES) -> List[str]:
     """The classes by descending AP; only the best and the worst ``max_lines // 2`` when there
     are more than ``max_lines``, so that the plot stays readable."""
@@ -39,9 +46,9 @@ def pr_curves_png(
     FigureCanvasAgg(fig)
     axes = fig.add_subplot()
     for name in names:
-        axes.plot(recall, precision[name], label=f"{name} ({ap.get(name) or 0.0:.3f})", linewidth=1.5)
+        axes.plot(recall, precision[name], label=_plain(f"{name} ({ap.get(name) or 0.0:.3f})"), linewidth=1.5)
     axes.set(xlim=(0, 1), ylim=(0, 1.02), xlabel="recall", ylabel="precision")
-    axes.set_title(title, fontsize="medium")
+    axes.set_title(_plain(title), fontsize="medium")
     axes.grid(True, alpha=0.3)
     if names:
         axes.legend(loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize="small", title="class (AP)")

@@ -5,7 +5,9 @@ summary pycocotools prints; the tables show the same numbers with 3 decimals, an
 is none (a class without ground truth, or pycocotools' -1 for an area range without any).
 """
 
+import html
 import json
+import re
 from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
@@ -19,6 +21,23 @@ METRIC_TITLES = {
     "voc10": "PASCAL VOC2010+ area AP at IoU 0.5",
 }
 REPORT_FILES = ("detections.json", "pr_curves.png", "report.md", "report.json")
+
+
+# Characters that Markdown reads as markup (emphasis, code, links, table cells, strikethrough).
+_MARKDOWN_SPECIAL = re.compile(r"([\\`*_\[\]|~])")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def _plain(text) -> str:
+    """One line of text, control characters (terminal escapes, newlines) shown as spaces."""
+    return _CONTROL.sub(" ", str(text))
+
+
+def _md(text) -> str:
+    """Text from the data (class, dataset and file names) as Markdown shows it literally:
+    markup characters backslash-escaped, then ``&``, ``<`` and ``>`` as HTML entities, so
+    ``<script>`` is text and a ``|`` cannot split a table cell."""
+    return html.escape(_MARKDOWN_SPECIAL.sub(r"\\\1", _plain(text)), quote=False)
 
 
 def _fmt(value) -> str:
@@ -56,10 +75,10 @@ def _summary_groups(summary: Mapping[str, Optional[float]]) -> List[Tuple[str, L
     return [(caption, keys) for caption, keys in groups if keys]
 
 
-def _class_table(report: Mapping):
+def _class_table(report: Mapping, escape=_plain):
     columns = [c for c in ("AP", "AP50") if any(c in row for row in report["per_class"])]
     header = ["class", *columns, "num_gt"]
-    rows = [[row["name"], *(_fmt(row.get(c)) for c in columns), row["num_gt"]] for row in report["per_class"]]
+    rows = [[escape(row["name"]), *(_fmt(row.get(c)) for c in columns), row["num_gt"]] for row in report["per_class"]]
     if "mAP" in report["summary"]:
         rows.append(["mean", _fmt(report["summary"]["mAP"]), *([""] * (len(columns) - 1)), ""])
     return header, rows
@@ -67,7 +86,7 @@ def _class_table(report: Mapping):
 
 def _title(report: Mapping) -> str:
     return (
-        f"{METRIC_TITLES.get(report['metric'], report['metric'])} on {report['dataset']}: "
+        f"{_plain(METRIC_TITLES.get(report['metric'], report['metric']))} on {_plain(report['dataset'])}: "
         f"{report['num_images']} images, {report['num_detections']} detections"
     )
 
@@ -83,13 +102,16 @@ def format_table(report: Mapping) -> str:
 
 
 def format_markdown(report: Mapping) -> str:
-    """report.md: what was evaluated, the numbers, the per-class table, pycocotools' own summary."""
+    """report.md: what was evaluated, the numbers, the per-class table, pycocotools' own summary.
+
+    Every name from the data or the command line (dataset, checkpoint, classes) is escaped (``_md``).
+    """
     lines = [
-        f"# Evaluation on {report['dataset']}",
+        f"# Evaluation on {_md(report['dataset'])}",
         "",
         f"- metric: {METRIC_TITLES.get(report['metric'], report['metric'])} (`{report['metric']}`)",
-        f"- checkpoint: {report.get('checkpoint') or '-'}",
-        f"- config hash: {report.get('config_hash') or '-'}",
+        f"- checkpoint: {_md(report.get('checkpoint') or '-')}",
+        f"- config hash: {_md(report.get('config_hash') or '-')}",
         f"- date: {report['date']}",
         f"- images: {report['num_images']}, detections: {report['num_detections']} (`detections.json`)",
         "",
@@ -99,7 +121,7 @@ def format_markdown(report: Mapping) -> str:
     for caption, keys in _summary_groups(report["summary"]):
         lines += [caption, ""] if caption else []
         lines += [*_markdown_table(keys, [[_fmt(report["summary"][k]) for k in keys]]), ""]
-    lines += ["## Per class", "", *_markdown_table(*_class_table(report)), ""]
+    lines += ["## Per class", "", *_markdown_table(*_class_table(report, escape=_md)), ""]
     if report.get("cocoeval_summary"):
         lines += ["## pycocotools summary", "", "```", *report["cocoeval_summary"], "```", ""]
     lines += ["![precision-recall curves](pr_curves.png)", ""]
@@ -143,15 +165,18 @@ def compare_reports(path_a: Path, path_b: Path) -> str:
     """The differences b - a between two report.json files, per headline number and per class AP."""
     a, b = load_report(path_a), load_report(path_b)
     lines = [
-        f"{label} = {path}: {r['metric']} on {r['dataset']}, "
-        f"checkpoint {r.get('checkpoint') or '-'}, {r.get('date') or '-'}"
+        _plain(
+            f"{label} = {path}: {r['metric']} on {r['dataset']}, "
+            f"checkpoint {r.get('checkpoint') or '-'}, {r.get('date') or '-'}"
+        )
         for label, path, r in (("a", path_a, a), ("b", path_b, b))
     ]
     for key in ("metric", "dataset"):
         if a[key] != b[key]:
-            lines.append(f"note: the {key}s differ ({a[key]} vs {b[key]}), so the numbers measure different things")
-    ap_a = {row["name"]: row["AP"] for row in a["per_class"]}
-    ap_b = {row["name"]: row["AP"] for row in b["per_class"]}
+            note = f"note: the {key}s differ ({a[key]} vs {b[key]}), so the numbers measure different things"
+            lines.append(_plain(note))
+    ap_a = {_plain(row["name"]): row["AP"] for row in a["per_class"]}
+    ap_b = {_plain(row["name"]): row["AP"] for row in b["per_class"]}
     for title, x, y in (("number", a["summary"], b["summary"]), ("class AP", ap_a, ap_b)):
         rows = [[k, _fmt(x.get(k)), _fmt(y.get(k)), _signed(x.get(k), y.get(k))] for k in dict.fromkeys([*x, *y])]
         lines += ["", *_text_table([title, "a", "b", "b - a"], rows)]
