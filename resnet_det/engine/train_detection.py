@@ -1,8 +1,9 @@
 """Fine-tuning a Faster R-CNN detector from a config: what tools/train_det.py runs.
 
 Builds the datasets, the detector, the solver and the shared ``Trainer``; writes the resolved
-``config.yaml`` and the data report into the run folder first, evaluates at ``eval_period`` and at
-the end, and leaves the mAP report of the last evaluation beside the checkpoints.
+``config.yaml`` and the data report into the run folder first (updated at the end with the images
+found undecodable), evaluates at ``eval_period`` and at the end, and leaves the mAP report of the
+last evaluation beside the checkpoints.
 """
 
 import json
@@ -14,7 +15,7 @@ import torch
 from omegaconf import DictConfig
 
 from resnet_det.config import config_hash, save_config
-from resnet_det.data.build import build_detection_train_loader
+from resnet_det.data.build import build_detection_train_loader, unreadable_files
 from resnet_det.data.catalog import get_dataset, get_datasets, register_from_config
 from resnet_det.engine import distributed as dist_utils
 from resnet_det.engine.checkpoint import atomic_write_text
@@ -107,10 +108,14 @@ def train_detector(cfg: DictConfig, resume: bool = False) -> Dict:
     optimizer = build_optimizer(model, cfg.solver)
     scheduler = build_lr_scheduler(optimizer, cfg.solver)
 
+    train_sets = []
+
     def make_loader(start_iter: int):
-        return build_detection_train_loader(
+        loader = build_detection_train_loader(
             cfg, records, start_iter=start_iter, rank=dist.rank, world_size=dist.world_size
         )
+        train_sets.append(loader.dataset)
+        return loader
 
     non_blocking = dist.device.type == "cuda"
 
@@ -144,4 +149,19 @@ def train_detector(cfg: DictConfig, resume: bool = False) -> Dict:
         meta=meta,
     )
     trainer.resume_or_load(resume)
-    return trainer.train()
+    results = trainer.train()
+    report_unreadable_images(train_sets, metadata["sanitize_counts"], output_dir)
+    return results
+
+
+def report_unreadable_images(datasets, counts, output_dir: Path) -> None:
+    """Add the training images skipped as undecodable (``datasets.corrupt_image=skip``; only known
+    once read) to the counts of ``data_report.json``, over all ranks (a collective)."""
+    files = unreadable_files(datasets)
+    if dist_utils.get_world_size() > 1:
+        files = sorted({name for part in dist_utils.all_gather_object(files) for name in part})
+    if not files or not dist_utils.is_main_process():
+        return
+    counts.add_undecodable(files)
+    atomic_write_text(output_dir / "data_report.json", json.dumps(counts.to_dict(), indent=2, sort_keys=True) + "\n")
+    logger.warning("data: %s (details in %s)", counts.summary(), output_dir / "data_report.json")
