@@ -6,7 +6,8 @@ Accepted forms:
   torch.hub cache (``torch.hub.get_dir()/checkpoints``); offline, put the file there by hand.
 - a torchvision state dict (``.pth``), laid out as torchvision's ResNet (stride in the 3x3).
 - MSRA's original models as distributed for detectron2 (``R-50.pkl``): caffe2 blobs with BatchNorm
-  folded into a scale and a shift, stride in the first 1x1, BGR input on 0..255 without scaling.
+  folded into a scale and a shift, stride in the first 1x1, BGR input on 0..255 without scaling;
+  the Caffe ``conv1`` bias (``conv1_b``) folded into the shift of the BN after it.
 - a checkpoint of our own training, ``{"model": state dict, "meta": {...}}``: a classification
   one, or a detection one, of which only the backbone is used: the module holding ``conv1`` under
   ``backbone.body.`` (torchvision's layout), ``backbone.bottom_up.`` (our FPN) or ``backbone.``

@@ -22,7 +22,7 @@ from resnet_det.engine.checkpoint import atomic_write_text
 from resnet_det.engine.inference import detect_on_records
 from resnet_det.engine.solver import build_lr_scheduler, build_optimizer
 from resnet_det.engine.trainer import Trainer, set_deterministic
-from resnet_det.errors import DatasetError
+from resnet_det.errors import ConfigError, DatasetError
 from resnet_det.evaluation.evaluator import evaluate_detections
 from resnet_det.evaluation.report import format_table, write_report
 from resnet_det.modeling import build_detector, compile_backbone
@@ -78,8 +78,31 @@ def evaluate_detector(
     return report
 
 
+# Where tools/train_cls.py writes the shapes pretraining by default (configs/classification/shapes.yaml),
+# the backbone that configs/shapes/*.yaml start from.
+SHAPES_PRETRAINING = Path("output/shapes_cls/model_final.pth")
+
+
+def check_backbone_weights(cfg: DictConfig) -> None:
+    """A weights file the config names but that is not there: say which command makes it."""
+    weights = cfg.model.backbone.weights
+    if weights is None or weights == "imagenet" or Path(weights).is_file():
+        return
+    path = Path(weights)
+    if path == SHAPES_PRETRAINING:
+        make = "`python tools/train_cls.py` makes it (the shapes pretraining, a few CPU minutes)"
+    elif path.name == "model_final.pth":
+        make = f"it is the final checkpoint of a classification run: `python tools/train_cls.py --output {path.parent}`"
+    else:
+        make = "check the path"
+    raise ConfigError(
+        f"model.backbone.weights={weights} not found: {make}; or pass --weights imagenet | FILE | none (from scratch)"
+    )
+
+
 def train_detector(cfg: DictConfig, resume: bool = False) -> Dict:
     """Train as ``cfg`` says; returns the final evaluation report (empty on non-zero ranks)."""
+    check_backbone_weights(cfg)
     dist = dist_utils.init_distributed(cfg.train.device, cfg.train.collective_timeout_s)
     dist_utils.per_process_batch_size(cfg.solver.batch_size, dist.world_size)
     set_deterministic(cfg.train.seed + dist.rank, cfg.train.deterministic, cfg.train.cudnn_benchmark)
