@@ -88,7 +88,7 @@ class _DetectionImages(Dataset):
 
     With ``skip_corrupt``, ``unreadable`` flags each record whose image did not decode. It lives in
     shared memory, so the loader's worker processes set it and the main process reads it
-    (``count_unreadable``).
+    (``unreadable_files``).
     """
 
     def __init__(self, records: List[dict], skip_corrupt: bool):
