@@ -10,7 +10,6 @@ import json
 import os
 import shutil
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Dict, List
 
 import numpy as np
