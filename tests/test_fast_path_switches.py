@@ -9,6 +9,7 @@ losses and the detections of the final evaluation within the tolerances stated b
 import json
 import os
 import shutil
+import uuid
 from dataclasses import dataclass
 from typing import Dict, List
 
@@ -59,18 +60,21 @@ def tiny_data(tmp_path_factory):
         random_frozen_bn_(source)
     weights = root / "r18.pth"
     torch.save(source.state_dict(), weights)
-    return {"ann": ann, "images": images, "weights": weights, "root": root}
+    # A name of this module's own: registered datasets live as long as the test process.
+    return {"ann": ann, "images": images, "weights": weights, "root": root, "name": f"switches_{uuid.uuid4().hex[:8]}"}
 
 
 def run_training(tiny_data, head, pooler, device, *switches) -> Run:
     out = tiny_data["root"] / "runs" / "-".join([head, pooler, device, *switches]).replace("/", "_")
     shutil.rmtree(out, ignore_errors=True)
     resolution = 8 if head == "c4" else 7
+    name = tiny_data["name"]
     cfg = load_config(DetectionConfig, None, [
         f"model.head={head}", f"model.roi_heads.pooler={pooler}", f"model.roi_heads.pooler_resolution={resolution}",
         "model.backbone.name=r18", f"model.backbone.weights={tiny_data['weights']}",
-        f"datasets.custom.tiny.images={tiny_data['images']}", f"datasets.custom.tiny.annotations={tiny_data['ann']}",
-        "datasets.train=[tiny]", "datasets.test=[tiny]",
+        f"datasets.custom.{name}.images={tiny_data['images']}",
+        f"datasets.custom.{name}.annotations={tiny_data['ann']}",
+        f"datasets.train=[{name}]", f"datasets.test=[{name}]",
         "input.min_size_train=[96]", "input.max_size_train=128", "input.min_size_test=96", "input.max_size_test=128",
         "model.rpn.pre_nms_topk_train=200", "model.rpn.post_nms_topk_train=64",
         "model.rpn.pre_nms_topk_test=100", "model.rpn.post_nms_topk_test=32",
@@ -87,7 +91,7 @@ def run_training(tiny_data, head, pooler, device, *switches) -> Run:
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     losses = [{k: v for k, v in r.items() if "loss" in k} for r in rows if "total_loss" in r]
     assert len(losses) == ITERATIONS
-    detections = json.loads((out / "eval" / "tiny" / "detections.json").read_text())
+    detections = json.loads((out / "eval" / name / "detections.json").read_text())
     assert detections, "a score threshold of 0 leaves detections on every image"
     return Run(losses, detections)
 

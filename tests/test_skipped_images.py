@@ -67,10 +67,10 @@ def test_skipped_training_images_are_counted_in_the_data_report(tmp_path):
     ann, images = write_tiny_coco(tmp_path / "data", n=4)
     files = sorted(images.iterdir())
     files[1].write_bytes(NOT_AN_IMAGE)
-    out = tmp_path / "run"
+    out, name = tmp_path / "run", f"skipped_{uuid.uuid4().hex[:8]}"
     cfg = load_config(DetectionConfig, None, [
-        *TINY, f"datasets.custom.tiny.images={images}", f"datasets.custom.tiny.annotations={ann}",
-        "datasets.train=[tiny]", "datasets.test=[]", "dataloader.num_workers=2",
+        *TINY, f"datasets.custom.{name}.images={images}", f"datasets.custom.{name}.annotations={ann}",
+        f"datasets.train=[{name}]", "datasets.test=[]", "dataloader.num_workers=2",
         # One batch of the whole set: every image is read in the first iteration.
         "dataloader.aspect_ratio_grouping=false", "solver.batch_size=4", "solver.max_iter=1", "solver.steps=[]",
         "solver.warmup_iters=0", "train.log_period=1", f"train.output_dir={out}",
