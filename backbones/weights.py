@@ -6,7 +6,8 @@ Accepted forms:
   torch.hub cache (``torch.hub.get_dir()/checkpoints``); offline, put the file there by hand.
 - a torchvision state dict (``.pth``), laid out as torchvision's ResNet (stride in the 3x3).
 - MSRA's original models as distributed for detectron2 (``R-50.pkl``): caffe2 blobs with BatchNorm
-  folded into a scale and a shift, stride in the first 1x1, BGR input on 0..255 without scaling.
+  folded into a scale and a shift, stride in the first 1x1, BGR input on 0..255 without scaling;
+  the Caffe ``conv1`` bias (``conv1_b``) folded into the shift of the BN after it.
 - a checkpoint of our own training, ``{"model": state dict, "meta": {...}}``: a classification
   one, or a detection one, of which only the backbone is used: the module holding ``conv1`` under
   ``backbone.body.`` (torchvision's layout), ``backbone.bottom_up.`` (our FPN) or ``backbone.``
@@ -104,6 +105,8 @@ class Weights:
     # Norm layers given as a folded scale and shift (MSRA): loaded with mean 0 and variance 1 - eps,
     # so that the layer computes exactly x * scale + shift.
     folded_norms: frozenset = field(default_factory=frozenset)
+    # Our name -> the file's own, where they differ (MSRA blobs), so that logs name what the file holds.
+    file_names: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -157,26 +160,36 @@ def load_weights(model: nn.Module, weights: Union[str, os.PathLike, Weights]) ->
     dropped = tuple(f"{name}." for name in getattr(model, "dropped_modules", ()))
     file_head = [key for key in source.state_dict if key.startswith(HEAD)] if new_head else []
     unused = [key for key in result.unexpected_keys if not key.startswith(dropped)]
+    left_out = [key for key in result.unexpected_keys if key.startswith(dropped) and key in source.state_dict]
     report = LoadReport(
         source=source.source,
         input_format=source.input_format,
         missing=[key for key in result.missing_keys if not key.endswith(_BN_COUNTER)],
         unexpected=[key for key in unused if not key.endswith(_BN_COUNTER)] + file_head,
     )
-    _log(report, target, new_head)
+    _log(report, target, new_head, left_out, source.file_names)
     return report
 
 
-def _log(report: LoadReport, target: str, new_head: bool) -> None:
+def _log(report: LoadReport, target: str, new_head: bool, left_out: list, file_names: Mapping[str, str]) -> None:
+    """The outcome, naming weights as the file does (``fc1000_w``, not ``fc.weight``)."""
+
+    def named(keys):
+        return ", ".join(file_names.get(key, key) for key in keys)
+
     logger.info("loaded %s into %s (input %s)", report.source, target, report.input_format)
     if new_head:
         logger.info("%s: classifier head of another size in %s: initialised, not loaded", target, report.source)
+    if left_out:
+        logger.info(
+            "%s: weights in %s of the modules it leaves out, not used: %s", target, report.source, named(left_out)
+        )
     missing = [key for key in report.missing if not (new_head and key.startswith(HEAD))]
     unexpected = [key for key in report.unexpected if not (new_head and key.startswith(HEAD))]
     if missing:
         logger.warning("%s: weights not in %s, left at initialisation: %s", target, report.source, ", ".join(missing))
     if unexpected:
-        logger.warning("%s: weights in %s not used: %s", target, report.source, ", ".join(unexpected))
+        logger.warning("%s: weights in %s not used: %s", target, report.source, named(unexpected))
 
 
 def _check_arch(source: Weights, arch: Optional[str]) -> None:
@@ -266,9 +279,11 @@ def _read_caffe2(path: Path) -> Weights:
     arrays = {name: value for name, value in blobs.items() if isinstance(value, np.ndarray)}
     if not arrays:
         raise BackboneError(f"{path} is not a weights file (no caffe2 blobs in it); {ACCEPTED}")
-    state, folded = {}, set()
+    arrays = _fold_conv_biases(path, arrays)
+    state, folded, names = {}, set(), {}
     for blob, array in arrays.items():
         key = _caffe2_to_torchvision(blob)
+        names[key] = blob
         state[key] = torch.as_tensor(np.ascontiguousarray(array))
         if key.endswith(".weight") and blob.endswith("_bn_s"):
             norm = key[: -len(".weight")]
@@ -276,7 +291,33 @@ def _read_caffe2(path: Path) -> Weights:
             state[f"{norm}.running_mean"] = torch.zeros_like(state[key])
             state[f"{norm}.running_var"] = torch.ones_like(state[key])  # made 1 - eps when loaded
     options = {"stride_in_1x1": True, **_num_classes(state)}
-    return Weights(str(path), state, MSRA_INPUT, options, folded_norms=frozenset(folded))
+    return Weights(str(path), state, MSRA_INPUT, options, folded_norms=frozenset(folded), file_names=names)
+
+
+def _fold_conv_biases(path: Path, arrays: dict) -> dict:
+    """Conv biases folded into the shift of the BN after them: ``s * (W x + b) + t = s * W x + (t + s b)``.
+
+    MSRA's Caffe ResNets have a bias on ``conv1`` (``conv1_b`` in ``R-50.pkl``), before
+    ``bn_conv1``/``scale_conv1``, whose folded scale and shift are ``res_conv1_bn_s``/``_b``; and
+    Detectron's converter (``pickle_caffe_blobs.py``) gives every other conv a zero bias. Our
+    convolutions have none, so each ``<conv>_b`` is folded, which computes what the Caffe model
+    computes (detectron2 leaves ``conv1_b`` unused instead, reporting ``stem.conv1.bias``).
+    """
+    arrays, done = dict(arrays), []
+    for blob in sorted(arrays):
+        conv = blob[: -len("_b")]
+        norm = "res_conv1_bn" if conv == "conv1" else f"{conv}_bn"
+        if not blob.endswith("_b") or f"{conv}_w" not in arrays or f"{norm}_s" not in arrays:
+            continue
+        bias, scale, shift = (arrays[name].reshape(-1) for name in (blob, f"{norm}_s", f"{norm}_b"))
+        if not bias.shape == scale.shape == shift.shape:
+            continue  # not a per-channel bias: left as it is, and reported as not used when loaded
+        arrays[f"{norm}_b"] = (shift + scale * bias).astype(arrays[f"{norm}_b"].dtype)
+        del arrays[blob]
+        done.append(blob)
+    if done:
+        logger.info("%s: conv biases folded into the shift of the BN after them: %s", path, ", ".join(done))
+    return arrays
 
 
 def _num_classes(state: Mapping[str, torch.Tensor]) -> dict:

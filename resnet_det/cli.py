@@ -77,7 +77,10 @@ def add_training_args(parser) -> None:
         "--batch-size", type=int, metavar="N", help="images per iteration over all processes; the lr scales linearly"
     )
     parser.add_argument("--lr", type=float, help="learning rate for the batch size in use (disables the linear scaling)")
-    parser.add_argument("--weights", help="starting weights: imagenet | a .pth state dict | an MSRA .pkl | a train_cls.py checkpoint")
+    parser.add_argument(
+        "--weights",
+        help="starting weights: imagenet | a .pth state dict | an MSRA .pkl | a train_cls.py checkpoint | none",
+    )
     parser.add_argument("--data-root", metavar="DIR", help="datasets folder (default: $RESNET_DET_DATASETS or ./datasets)")
     parser.add_argument("--seed", type=int, help="random seed (default: the config's)")
     add_trust_arg(parser)
@@ -110,7 +113,8 @@ def training_overrides(args, weights_key: str, data_root_key: str) -> list:
         out.append(f"solver.base_lr={args.lr}")
         out.append("solver.reference_batch_size=${solver.batch_size}")
     if args.weights:
-        out.append(f"{weights_key}={args.weights}")
+        # "none": from scratch (random initialisation), whatever weights the recipe names.
+        out.append(f"{weights_key}=null" if args.weights.lower() == "none" else f"{weights_key}={args.weights}")
     if args.data_root:
         out.append(f"{data_root_key}={args.data_root}")
     if args.seed is not None:

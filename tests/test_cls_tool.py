@@ -117,3 +117,17 @@ def test_max_iter_replaces_the_recipes_epochs():
     assert (paper.solver.lr_policy, paper.solver.max_iter, paper.input.mean_subtraction) == ("plateau", 600000, "per_pixel")
     with pytest.raises(ConfigError, match="--epochs and --max-iter"):
         tool.build_config(tool.parse_args(["--epochs", "3", "--max-iter", "10"]))
+
+
+def test_weights_none_trains_from_scratch_whatever_the_recipe_names(folder_run):
+    tmp, _ = folder_run
+    recipe = tmp / "pretrained.yaml"
+    base = os.path.relpath(REPO / "configs" / "classification" / "shapes.yaml", tmp)
+    recipe.write_text(f"_base_: {base}\nmodel:\n  weights: missing/model_final.pth\n")
+    common = ("--config", str(recipe), "--dataset", "folder", "--data-root", "animals", "dataloader.num_workers=0", *QUICK)
+    proc = run_tool(*common, "--output", "named", cwd=tmp)
+    assert proc.returncode == 2 and "missing/model_final.pth not found" in proc.stderr
+    proc = run_tool(*common, "--weights", "none", "--output", "scratch", cwd=tmp)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "weights: null" in (tmp / "scratch" / "config.yaml").read_text()
+    assert "loaded " not in proc.stderr and (tmp / "scratch" / "model_final.pth").is_file()

@@ -186,3 +186,116 @@ def test_results_on_a_registered_voc_split(eval_tool, shared_data, tmp_path, cap
     assert report["metric"] == "voc10" and report["summary"]["mAP"] == 1.0
     scored = {row["name"] for row in report["per_class"] if row["AP"] is not None}
     assert scored == {"aeroplane", "person", "train", "tvmonitor"}
+
+
+# --- VOC: the devkit's own image ids and its per-class result files ------------------------------------
+
+
+def xml_boxes(voc_root: Path, voc_id: str):
+    """``[(class, xmin, ymin, xmax, ymax)]`` of an annotation, as the XML writes them (1-based pixels)."""
+    import xml.etree.ElementTree as ET
+
+    root = ET.parse(voc_root / "Annotations" / f"{voc_id}.xml").getroot()
+    return [
+        (obj.findtext("name"), *(float(obj.find("bndbox").findtext(t)) for t in ("xmin", "ymin", "xmax", "ymax")))
+        for obj in root.findall("object")
+    ]
+
+
+def test_real_voc_devkit_ids_and_per_class_files_round_trip(eval_tool, shared_data, tmp_path, capsys):
+    from resnet_det.data.catalog import get_dataset
+
+    root = shared_data / "voc_mini"
+    records, _ = get_dataset("voc_2012_trainval", root=root)
+    voc_ids = [r["voc_id"] for r in records]
+    assert voc_ids[0] == "2007_000027"
+    by_devkit_id = [
+        {"image_id": r["voc_id"], "category_id": a["label"], "bbox": [x0, y0, x1 - x0, y1 - y0], "score": 0.8}
+        for r in records
+        for a in r["annotations"]
+        for x0, y0, x1, y1 in [a["bbox"]]
+    ]
+    dets = tmp_path / "dets.json"
+    dets.write_text(json.dumps(by_devkit_id))
+    out = tmp_path / "out"
+    args = ["--results", dets, "--dataset", "voc_2012_trainval", "--data-root", root, "--output", out]
+    eval_tool.main([str(a) for a in args])
+    first = json.loads((out / "report.json").read_text())
+    assert first["summary"]["mAP"] == 1.0 and first["num_detections"] == len(by_devkit_id)
+
+    folder = out / "results" / "VOC2012" / "Main"
+    assert len(list(folder.glob("comp4_det_test_*.txt"))) == 20  # every class, as the devkit expects
+    voc_root = root / "VOCdevkit" / "VOC2012"
+    written = {line for f in folder.glob("*.txt") for line in f.read_text().splitlines()}
+    expected = {
+        f"{voc_id} 0.800000 {x0:.3f} {y0:.3f} {x1:.3f} {y1:.3f}"
+        for voc_id in voc_ids
+        for name, x0, y0, x1, y1 in xml_boxes(voc_root, voc_id)
+    }
+    assert written == expected  # the XML's own 1-based coordinates, under the devkit ids
+    person = (folder / "comp4_det_test_person.txt").read_text().splitlines()
+    assert all(line.split()[0] in voc_ids for line in person) and len(person) == sum(
+        name == "person" for voc_id in voc_ids for name, *_ in xml_boxes(voc_root, voc_id)
+    )
+
+    capsys.readouterr()
+    again = tmp_path / "again"
+    args = ["--results", folder, "--dataset", "voc_2012_trainval", "--data-root", root, "--output", again]
+    eval_tool.main([str(a) for a in args])
+    second = json.loads((again / "report.json").read_text())
+    assert second["summary"] == first["summary"] and second["per_class"] == first["per_class"]
+
+
+@pytest.fixture
+def tiny_voc(tmp_path):
+    from data_fixtures import make_voc
+
+    make_voc(tmp_path, "2007", "test", {
+        "000001": {"size": (40, 30), "objects": [{"name": "person", "box": (1, 1, 4, 4)}]},
+        "000002": {"size": (40, 30), "objects": [{"name": "dog", "box": (11, 6, 30, 25)}]},
+    })  # fmt: skip
+    return tmp_path
+
+
+def test_voc_result_files_are_read_with_one_based_pixels(eval_tool, tiny_voc, tmp_path, capsys):
+    from resnet_det.data.catalog import get_dataset
+    from resnet_det.evaluation.voc_results import read_voc_results
+
+    files = tmp_path / "mine"
+    files.mkdir()
+    (files / "comp4_det_test_person.txt").write_text("000001 0.9 1 1 4 4\n000002 0.4 5 5 9 9\n")
+    (files / "comp4_det_test_dog.txt").write_text("000002 0.7 11.0 6.0 30.0 25.0\n\n")
+    records, metadata = get_dataset("voc_2007_test", root=tiny_voc)
+    detections = sorted(read_voc_results(files, records, metadata), key=lambda d: -d["score"])
+    assert detections == [
+        {"image_id": 1, "category_id": 15, "bbox": [0.0, 0.0, 4.0, 4.0], "score": 0.9},  # pixels 1..4: [0, 4)
+        {"image_id": 2, "category_id": 12, "bbox": [10.0, 5.0, 20.0, 20.0], "score": 0.7},
+        {"image_id": 2, "category_id": 15, "bbox": [4.0, 4.0, 5.0, 5.0], "score": 0.4},
+    ]
+    assert [(r["voc_id"], r["annotations"][0]["bbox"]) for r in records] == [
+        ("000001", [0.0, 0.0, 4.0, 4.0]), ("000002", [10.0, 5.0, 30.0, 25.0])
+    ]  # fmt: skip
+    args = ["--results", files, "--dataset", "voc_2007_test", "--data-root", tiny_voc, "--output", tmp_path / "o"]
+    eval_tool.main([str(a) for a in args])
+    report = json.loads((tmp_path / "o" / "report.json").read_text())
+    assert report["metric"] == "voc07" and report["summary"]["mAP"] == 1.0
+    assert (tmp_path / "o" / "results" / "VOC2007" / "Main" / "comp4_det_test_person.txt").read_text() == (
+        "000001 0.900000 1.000 1.000 4.000 4.000\n000002 0.400000 5.000 5.000 9.000 9.000\n"
+    )
+
+
+@pytest.mark.parametrize(
+    "name, text, message",
+    [
+        ("comp4_det_test_person.txt", "000001 0.9 1 1 4\n", "comp4_det_test_person.txt:1: '000001 0.9 1 1 4' is not"),
+        ("comp4_det_test_person.txt", "000009 0.9 1 1 4 4\n", "image id '000009' is not an image of the split"),
+        ("comp4_det_test_human.txt", "000001 0.9 1 1 4 4\n", "'human' is not a class of voc_2007_test"),
+        ("detections.txt", "", "no comp4_det_test_<class>.txt files"),
+    ],
+)
+def test_bad_voc_result_files_are_one_line_errors(tiny_voc, tmp_path, name, text, message):
+    files = tmp_path / "bad"
+    files.mkdir()
+    (files / name).write_text(text)
+    proc = run_tool("--results", files, "--dataset", "voc_2007_test", "--data-root", tiny_voc)
+    assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr

@@ -166,3 +166,26 @@ def test_real_coco_mini_through_own_data_path(tmp_path, shared_data):
     dets = json.loads((out / "eval" / "custom_val" / "detections.json").read_text())
     valid_ids = {c["id"] for c in json.loads((coco / "annotations.json").read_text())["categories"]}
     assert all(d["category_id"] in valid_ids for d in dets)
+
+
+def test_shapes_recipe_names_the_command_for_its_weights_and_weights_none_trains_from_scratch(tmp_path, tiny_coco):
+    """configs/shapes/*.yaml start from output/shapes_cls/model_final.pth (tools/train_cls.py's run):
+    missing (a fresh folder), the error says how to make it; --weights none trains without it."""
+    ann, images = tiny_coco
+    data = ["--train-json", str(ann), "--train-images", str(images), "datasets.test=[]"]
+    recipe = ["--config", str(REPO / "configs/shapes/faster_rcnn_c4.yaml"), "--backbone", "r18"]
+    tiny = [o for o in TINY if not o.startswith("model.backbone.weights=")]
+    run = [sys.executable, str(REPO / "tools/train_det.py"), *recipe, *data, "--max-iter", "1", "--batch-size", "2"]
+    proc = subprocess.run([*run, *tiny], cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert (
+        "error: model.backbone.weights=output/shapes_cls/model_final.pth not found: `python tools/train_cls.py` "
+        "makes it (the shapes pretraining, a few CPU minutes); or pass --weights imagenet | FILE | none"
+    ) in proc.stderr
+    assert not (tmp_path / "output").exists()  # refused before writing anything
+    proc = subprocess.run(
+        [*run, "--weights", "none", *tiny], cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=600
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    saved = load_config(DetectionConfig, tmp_path / "output/shapes_c4/config.yaml")
+    assert saved.model.backbone.weights is None and (tmp_path / "output/shapes_c4/model_final.pth").is_file()

@@ -1,10 +1,13 @@
 """Weights: torchvision state dicts, MSRA caffe2 pickles, our checkpoints, the ImageNet cache
 (offline: never downloads), and the errors for files that cannot be used."""
 
+import importlib.util
+import logging
 import pickle
 import random
 import re
 import urllib.error
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -156,6 +159,122 @@ def test_msra_classifier_and_report(msra_r50):
     assert report.input_format.channel_order == "BGR" and model.input_format.channel_order == "BGR"
     with torch.no_grad():
         torch.testing.assert_close(model.eval()(x), logits, rtol=1e-4, atol=1e-4)
+
+
+# --- MSRA's real naming: the Caffe prototxt, Detectron's converter, detectron2's reading -------------------
+
+VENDOR_DETECTRON2 = Path(__file__).resolve().parents[2] / "shared" / "vendor" / "detectron2"
+
+
+def msra_r50_layers():
+    """``(caffe conv, caffe bn, our conv, our bn)`` as ResNet-50-deploy.prototxt names its layers:
+    conv1 / bn_conv1 (+ scale_conv1), then res2a_branch1 / bn2a_branch1, res2a_branch2a /
+    bn2a_branch2a, ..., res5c_branch2c; blocks lettered a, b, c, ... within a stage."""
+    yield "conv1", "bn_conv1", "conv1", "bn1"
+    for stage, blocks in enumerate((3, 4, 6, 3), start=2):
+        for index in range(blocks):
+            block = f"{stage}{'abcdef'[index]}"
+            branches = [("branch1", "downsample.0", "downsample.1")] if index == 0 else []
+            branches += [(f"branch2{c}", f"conv{k}", f"bn{k}") for k, c in enumerate("abc", start=1)]
+            for branch, conv, bn in branches:
+                ours = f"layer{stage - 1}.{index}"
+                yield f"res{block}_{branch}", f"bn{block}_{branch}", f"{ours}.{conv}", f"{ours}.{bn}"
+
+
+def detectron_blob(caffe_layer: str) -> str:
+    """Detectron's ``tools/pickle_caffe_blobs.py`` renaming: a BN/Scale pair ``bn<X>``/``scale<X>``
+    becomes ``res<X>_bn``, and ``res<stage><letter or b+number>_...`` becomes ``res<stage>_<index>_...``
+    (res2a_branch1 -> res2_0_branch1, res4b11_branch2c -> res4_11_branch2c, bn_conv1 -> res_conv1_bn)."""
+    if caffe_layer.startswith("bn"):
+        caffe_layer = f"res{caffe_layer[2:]}_bn"
+    match = re.fullmatch(r"res(\d)([a-z])(\d*)_(.*)", caffe_layer)
+    if match is None:
+        return caffe_layer
+    stage, letter, number, rest = match.groups()
+    return f"res{stage}_{int(number) if number else ord(letter) - ord('a')}_{rest}"
+
+
+@pytest.fixture(scope="module")
+def real_msra_r50(tmp_path_factory):
+    """A random paper-layout r50 written with the blob names of the real ``R-50.pkl``: conv1 with
+    the Caffe bias (``conv1_b``, before the BN), the classifier ``fc1000_w``/``_b``, and the
+    ``*_momentum`` blobs that Detectron's training pickles carry for every weight."""
+    torch.manual_seed(4)
+    model = randomize_norms(build_model("r50", stride_in_1x1=True))
+    modules = dict(model.named_modules())
+    blobs = {}
+    for caffe_conv, caffe_bn, conv, bn in msra_r50_layers():
+        norm = modules[bn]
+        scale = norm.weight / torch.sqrt(norm.running_var + norm.eps)
+        shift = norm.bias - norm.running_mean * scale
+        blobs[f"{detectron_blob(caffe_conv)}_w"] = modules[conv].weight
+        blobs[f"{detectron_blob(caffe_bn)}_s"] = scale
+        blobs[f"{detectron_blob(caffe_bn)}_b"] = shift
+    # The Caffe conv1 adds a bias b before the BN: the same function when the BN's shift is t - s * b.
+    conv1_bias = torch.randn(64)
+    blobs["conv1_b"] = conv1_bias
+    blobs["res_conv1_bn_b"] = blobs["res_conv1_bn_b"] - blobs["res_conv1_bn_s"] * conv1_bias
+    blobs["fc1000_w"], blobs["fc1000_b"] = model.fc.weight, model.fc.bias
+    momentum = {f"{name}_momentum": torch.zeros_like(value) for name, value in blobs.items()}
+    blobs = {name: value.detach().numpy().copy() for name, value in {**blobs, **momentum}.items()}
+    path = tmp_path_factory.mktemp("msra_real") / "R-50.pkl"
+    with open(path, "wb") as f:
+        pickle.dump(blobs, f, protocol=2)  # ImageNet models: the blobs at the top level
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        features = create_feature_extractor(model.eval(), STAGES)(x)
+        logits = model(x)
+    return path, blobs, sorted(momentum), x, features, logits
+
+
+def test_real_msra_names_load_with_conv1_bias_folded(real_msra_r50, caplog):
+    path, blobs, momentum, x, features, logits = real_msra_r50
+    assert {"conv1_w", "conv1_b", "res_conv1_bn_s", "res2_0_branch1_w", "res2_0_branch2a_bn_s", "res5_2_branch2c_w",
+            "fc1000_w", "fc1000_b", "conv1_w_momentum"} <= set(blobs)
+    model = build_model("r50")
+    with caplog.at_level(logging.INFO, logger="backbones.weights"):
+        report = load_weights(model, path)
+    assert report.missing == [] and sorted(report.unexpected) == momentum
+    with torch.no_grad():
+        torch.testing.assert_close(model.eval()(x), logits, rtol=1e-4, atol=1e-4)
+    assert "conv biases folded into the shift of the BN after them: conv1_b" in caplog.text
+    unused = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and "not used" in r.getMessage()]
+    assert len(unused) == 1 and sorted(unused[0].split("not used: ")[1].split(", ")) == momentum
+
+
+def test_real_msra_names_in_a_backbone_name_every_blob_left_unused(real_msra_r50, caplog):
+    path, _, momentum, x, features, _ = real_msra_r50
+    with caplog.at_level(logging.INFO, logger="backbones.weights"):
+        backbone = build_backbone("r50", weights=path).eval()
+    with torch.no_grad():
+        assert_same_features(backbone(x), features)
+    messages = [r.getMessage() for r in caplog.records]
+    assert any(m.endswith("of the modules it leaves out, not used: fc1000_w, fc1000_b") for m in messages), messages
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warned) == 1 and sorted(warned[0].split("not used: ")[1].split(", ")) == momentum
+
+
+def test_msra_names_read_as_detectron2_reads_them(real_msra_r50):
+    """Every blob lands where detectron2's ``convert_basic_c2_names`` puts it (in torchvision's names)."""
+    file = VENDOR_DETECTRON2 / "detectron2" / "checkpoint" / "c2_model_loading.py"
+    if not file.is_file():
+        pytest.skip(f"{file} is absent: the vendored detectron2 lives beside the project in CI")
+    spec = importlib.util.spec_from_file_location("c2_model_loading", file)
+    c2 = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(c2)
+    from backbones.weights import _caffe2_to_torchvision
+
+    def torchvision_name(d2: str) -> str:
+        d2 = re.sub(r"^stem\.conv1\.norm\.", "bn1.", d2).replace("stem.conv1.", "conv1.").replace("fc1000.", "fc.")
+        d2 = re.sub(r"\.shortcut\.norm\.", ".downsample.1.", d2).replace(".shortcut.", ".downsample.0.")
+        d2 = re.sub(r"\.conv(\d)\.norm\.", r".bn\1.", d2)
+        return re.sub(r"^res(\d)\.", lambda m: f"layer{int(m.group(1)) - 1}.", d2)
+
+    _, blobs, momentum, *_ = real_msra_r50
+    names = sorted(set(blobs) - set(momentum) - {"conv1_b"})  # conv1_b: folded here, unused in detectron2
+    theirs = c2.convert_basic_c2_names(names)
+    assert [_caffe2_to_torchvision(n) for n in names] == [torchvision_name(t) for t in theirs]
+    assert c2.convert_basic_c2_names(["conv1_b"]) == ["stem.conv1.bias"]  # a bias their stem has no place for
 
 
 # --- our checkpoints ------------------------------------------------------------------------------------

@@ -9,7 +9,11 @@ Examples:
   python tools/eval.py --compare a/report.json b/report.json
 
 --results takes COCO results format ([{image_id, category_id, bbox: [x, y, w, h], score}]) with
-the dataset's own category ids: COCO's 1..90, VOC's 1..20 in the order aeroplane ... tvmonitor.
+the dataset's own category ids: COCO's 1..90, VOC's 1..20 in the order aeroplane ... tvmonitor;
+on a VOC split the image ids may be the devkit's own ("000001", "2008_000123"), and --results may
+be a folder of the devkit's per-class files (comp4_det_test_<class>.txt: "<image id> <score> <xmin>
+<ymin> <xmax> <ymax>" per line, 1-based pixels), which --output also writes for a VOC split
+(results/VOC<year>/Main/, where the devkit and the evaluation server look).
 --metric defaults by dataset: coco for COCO-format data, voc07 (11-point AP) for VOC 2007,
 voc10 (area AP) for VOC 2012. Numbers are fractions in 0..1, as pycocotools prints them.
 --output receives report.json, report.md, pr_curves.png and detections.json.
@@ -32,6 +36,7 @@ from resnet_det.evaluation import (
     load_detections,
     write_report,
 )
+from resnet_det.evaluation.voc_results import RESULT_FILE, read_voc_results, with_voc_image_ids, write_voc_results
 
 
 def parse_args(argv=None):
@@ -41,7 +46,9 @@ def parse_args(argv=None):
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     source = parser.add_argument_group("what to evaluate (one of)")
-    source.add_argument("--results", metavar="FILE", help="detections in COCO results format (no model)")
+    source.add_argument(
+        "--results", metavar="FILE", help="detections in COCO results format, or a folder of VOC per-class files"
+    )
     source.add_argument("--run", metavar="DIR", help="a training output folder: its newest checkpoint, rebuilt from the config stored in it")
     source.add_argument("--config", metavar="FILE", help="a detection config (with --weights)")
     source.add_argument("--compare", nargs=2, metavar=("A", "B"), help="print the differences of two report.json files")
@@ -67,6 +74,8 @@ def parse_args(argv=None):
         parser.error(f"--metric {args.metric} reads VOC records (difficult flags): use --dataset NAME instead of --gt")
     if args.gt and not args.results:
         parser.error("--gt goes with --results")
+    if args.results and args.gt and Path(args.results).is_dir():
+        parser.error("a folder of VOC result files (--results DIR) is read with its split: --dataset NAME, not --gt")
     if bool(args.config) != bool(args.weights):
         parser.error("--config and --weights go together")
     if (args.results or args.compare) and (args.opts or args.device):
@@ -76,13 +85,19 @@ def parse_args(argv=None):
 
 def evaluate_results(args):
     """The model-free path: an existing detections file against a COCO file or a registered split."""
-    detections = load_detections(Path(args.results))
     if args.gt:
-        return evaluate_with_coco_file(detections, Path(args.gt), source=args.results), detections
+        detections = load_detections(Path(args.results))
+        return evaluate_with_coco_file(detections, Path(args.gt), source=args.results), detections, None
     from resnet_det.data.catalog import get_dataset
 
     records, metadata = get_dataset(args.dataset, root=args.data_root)
-    return evaluate_detections(detections, records, metadata, args.metric, source=args.results), detections
+    results = Path(args.results)
+    if results.is_dir():
+        detections = read_voc_results(results, records, metadata)
+    else:
+        detections = with_voc_image_ids(load_detections(results), records)
+    report = evaluate_detections(detections, records, metadata, args.metric, source=args.results)
+    return report, detections, (records, metadata)
 
 
 def _classes(names) -> str:
@@ -122,11 +137,11 @@ def evaluate_model(args):
     dist = init_distributed(cfg.train.device, cfg.train.collective_timeout_s)
     detections = detect_on_records(loaded.model.to(dist.device), cfg, records, metadata, dist.device)
     if not dist.is_main:
-        return None, detections
+        return None, detections, None
     metric = args.metric or cfg.test.metric
     report = evaluate_detections(detections, records, metadata, metric, source=str(loaded.checkpoint))
     report.update(checkpoint=str(loaded.checkpoint), config_hash=config_hash(cfg))
-    return report, detections
+    return report, detections, (records, metadata)
 
 
 @main_guard
@@ -135,7 +150,7 @@ def main(argv=None):
     if args.compare:
         print(compare_reports(Path(args.compare[0]), Path(args.compare[1])), end="")
         return
-    report, detections = evaluate_results(args) if args.results else evaluate_model(args)
+    report, detections, dataset = evaluate_results(args) if args.results else evaluate_model(args)
     if report is None:
         return
     print("\n".join(report["cocoeval_summary"]))
@@ -143,8 +158,13 @@ def main(argv=None):
     print(format_table(report), end="")
     output = args.output or (Path(args.run) / "eval" / output_name(report["dataset"]) if args.run else None)
     if output:
-        paths = write_report(report, detections, Path(output))
-        print(f"\nwrote {', '.join(str(p) for p in paths.values())}")
+        paths = list(write_report(report, detections, Path(output)).values())
+        if dataset is not None and dataset[1].get("evaluator") == "voc":
+            records, metadata = dataset
+            folder = Path(output) / "results" / f"VOC{metadata.get('year', '')}" / "Main"
+            paths.append(folder / RESULT_FILE.format("<class>"))
+            write_voc_results(detections, records, metadata, folder)
+        print(f"\nwrote {', '.join(str(p) for p in paths)}")
 
 
 if __name__ == "__main__":

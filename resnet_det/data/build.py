@@ -8,7 +8,7 @@ model (docs/architecture.md, "Detection batches").
 """
 
 import logging
-from typing import Callable, List, Optional, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -84,19 +84,28 @@ def _to_tensor(image: np.ndarray) -> torch.Tensor:
 
 
 class _DetectionImages(Dataset):
-    """Decoding shared by the train and test datasets: skip policy and real image sizes."""
+    """Decoding shared by the train and test datasets: skip policy and real image sizes.
+
+    With ``skip_corrupt``, ``unreadable`` flags each record whose image did not decode. It lives in
+    shared memory, so the loader's worker processes set it and the main process reads it
+    (``unreadable_files``).
+    """
 
     def __init__(self, records: List[dict], skip_corrupt: bool):
         self.records = records
         self.skip_corrupt = skip_corrupt
+        self.unreadable = torch.zeros(len(records) if skip_corrupt else 0, dtype=torch.bool).share_memory_()
         self._warned_size: set = set()
 
     def __len__(self) -> int:
         return len(self.records)
 
-    def _read(self, record: dict) -> Optional[np.ndarray]:
+    def _read(self, index: int) -> Optional[np.ndarray]:
+        record = self.records[index]
         image = read_image_or_skip(record["file_name"], self.skip_corrupt, _CORRUPT_HINT)
-        if image is not None and image.shape[:2] != (record["height"], record["width"]):
+        if image is None:
+            self.unreadable[index] = True
+        elif image.shape[:2] != (record["height"], record["width"]):
             if record["file_name"] not in self._warned_size:
                 self._warned_size.add(record["file_name"])
                 logger.warning(
@@ -118,7 +127,7 @@ class DetectionTrainDataset(_DetectionImages):
     def __getitem__(self, key: Tuple[int, int]):
         index, seed = key
         rng = np.random.default_rng(seed)
-        index, image = read_with_replacement(lambda i: self._read(self.records[i]), index, rng, len(self.records))
+        index, image = read_with_replacement(self._read, index, rng, len(self.records))
         record = self.records[index]
         boxes = np.array([a["bbox"] for a in record["annotations"]], dtype=np.float32).reshape(-1, 4)
         labels = np.array([a["label"] for a in record["annotations"]], dtype=np.int64)
@@ -143,10 +152,10 @@ class DetectionTestDataset(_DetectionImages):
         self.max_size = max_size
 
     def __getitem__(self, index: int):
-        record = self.records[index]
-        image = self._read(record)
+        image = self._read(index)
         if image is None:
             return None
+        record = self.records[index]
         resized, scale = resize_shortest_edge(image, self.min_size, self.max_size)
         info = {
             "image_id": record["image_id"],
@@ -155,6 +164,12 @@ class DetectionTestDataset(_DetectionImages):
             "file_name": record["file_name"],
         }
         return _to_tensor(resized), info
+
+
+def unreadable_files(datasets: Sequence[_DetectionImages]) -> List[str]:
+    """The file names, sorted, of the images that ``datasets`` have skipped as undecodable so far
+    (``datasets.corrupt_image=skip``), in this process and its loader workers."""
+    return sorted({d.records[i]["file_name"] for d in datasets for i in d.unreadable.nonzero().flatten().tolist()})
 
 
 def build_detection_train_loader(

@@ -6,7 +6,8 @@ has a policy in ``cfg.datasets`` (``bad_boxes``, ``boxes_outside``, ``unknown_ca
 ``missing_image``, ``corrupt_image``), and whatever was fixed or skipped is counted in a
 ``SanitizeReport`` (a dict of counts) that ``get_dataset`` returns in
 ``metadata["sanitize_counts"]``: the trainer prints its ``summary()`` once and saves its
-``to_dict()`` (counts and the first example of each) as ``data_report.json``.
+``to_dict()`` (counts and the first example of each) as ``data_report.json``. Undecodable images
+are only known once read: the training loader flags them, and the trainer adds them at the end.
 
 Problems no policy can repair (duplicate image ids, missing fields, malformed files) always stop.
 """
@@ -41,6 +42,7 @@ _DESCRIPTIONS = {
     "boxes_outside": "boxes outside the image",
     "unknown_category": "boxes of unknown categories",
     "missing_image": "missing images",
+    "corrupt_image": "undecodable (corrupt) images",
 }
 
 
@@ -85,6 +87,11 @@ class SanitizeReport(Counter):
         key = f"{kind} {action}"
         self[key] += 1
         self.examples.setdefault(key, example)
+
+    def add_undecodable(self, files: Sequence[str]) -> None:
+        """Count images skipped as undecodable (``corrupt_image``), known only once read."""
+        for name in files:
+            self.add("corrupt_image", "skipped", f"{name}: cannot be decoded (corrupt or truncated file)")
 
     def merge(self, other: "SanitizeReport") -> None:
         self.update(other)

@@ -5,14 +5,17 @@ the model returns boxes in the resized frame, which are mapped back to the origi
 Under ``torchrun`` the shards are gathered on every rank, so rank 0 can evaluate them all.
 """
 
+import logging
 from typing import Dict, Iterable, List, Mapping
 
 import torch
 from tqdm import tqdm
 
-from resnet_det.data.build import build_detection_test_loader
+from resnet_det.data.build import build_detection_test_loader, unreadable_files
 from resnet_det.engine import distributed as dist_utils
 from resnet_det.modeling import prepare_for_inference
+
+logger = logging.getLogger(__name__)
 
 
 def detections_to_coco(
@@ -57,6 +60,8 @@ def run_inference(
     )
     with torch.inference_mode():
         for images, infos in bar:
+            if not images:
+                continue  # every image of the batch was skipped as unreadable: nothing to detect
             images = [im.to(device, non_blocking=non_blocking) for im in images]
             for output, info in zip(model(images), infos):
                 results.extend(detections_to_coco(output, info, label_to_category_id))
@@ -80,4 +85,11 @@ def detect_on_records(
         channels_last=device.type == "cuda",
         compile_backend=cfg.test.compile_backbone,
     )
-    return run_inference(fast, loader, metadata["label_to_category_id"], device, progress=progress)
+    detections = run_inference(fast, loader, metadata["label_to_category_id"], device, progress=progress)
+    skipped = unreadable_files([loader.dataset])
+    if skipped:
+        logger.warning(
+            "%d images of %s could not be decoded and have no detections (datasets.corrupt_image=skip): %s",
+            len(skipped), metadata.get("name", "the test set"), ", ".join(skipped[:3]),
+        )
+    return detections

@@ -4,7 +4,8 @@ Builds the datasets, the detector, the solver and the shared ``Trainer``; writes
 ``config.yaml`` and the data report into the run folder before the first iteration, evaluates at
 ``eval_period`` and at the end, and leaves the mAP report of the last evaluation beside the
 checkpoints. The run folder's lock is held from the start, and nothing is written before the
-trainer has accepted the folder (a new run, or one to resume), so a refused call changes nothing.
+trainer has accepted the folder (a new run, or one to resume), so a refused call changes nothing; the data
+report is updated at the end with the images found undecodable.
 """
 
 import json
@@ -16,7 +17,7 @@ import torch
 from omegaconf import DictConfig
 
 from resnet_det.config import config_hash, save_config
-from resnet_det.data.build import build_detection_train_loader
+from resnet_det.data.build import build_detection_train_loader, unreadable_files
 from resnet_det.data.catalog import get_dataset, get_datasets, register_from_config
 from resnet_det.engine import distributed as dist_utils
 from resnet_det.engine.checkpoint import atomic_write_text
@@ -24,7 +25,7 @@ from resnet_det.engine.inference import detect_on_records
 from resnet_det.engine.run_lock import hold_run_lock
 from resnet_det.engine.solver import build_lr_scheduler, build_optimizer
 from resnet_det.engine.trainer import Trainer, set_deterministic
-from resnet_det.errors import DatasetError
+from resnet_det.errors import ConfigError, DatasetError
 from resnet_det.evaluation.evaluator import evaluate_detections
 from resnet_det.evaluation.report import format_table, write_report
 from resnet_det.modeling import build_detector, compile_backbone
@@ -81,11 +82,34 @@ def evaluate_detector(
     return report
 
 
+# Where tools/train_cls.py writes the shapes pretraining by default (configs/classification/shapes.yaml),
+# the backbone that configs/shapes/*.yaml start from.
+SHAPES_PRETRAINING = Path("output/shapes_cls/model_final.pth")
+
+
+def check_backbone_weights(cfg: DictConfig) -> None:
+    """A weights file the config names but that is not there: say which command makes it."""
+    weights = cfg.model.backbone.weights
+    if weights is None or weights == "imagenet" or Path(weights).is_file():
+        return
+    path = Path(weights)
+    if path == SHAPES_PRETRAINING:
+        make = "`python tools/train_cls.py` makes it (the shapes pretraining, a few CPU minutes)"
+    elif path.name == "model_final.pth":
+        make = f"it is the final checkpoint of a classification run: `python tools/train_cls.py --output {path.parent}`"
+    else:
+        make = "check the path"
+    raise ConfigError(
+        f"model.backbone.weights={weights} not found: {make}; or pass --weights imagenet | FILE | none (from scratch)"
+    )
+
+
 def train_detector(cfg: DictConfig, resume: bool = False, force_unlock: bool = False) -> Dict:
     """Train as ``cfg`` says; returns the final evaluation report (empty on non-zero ranks).
 
     ``force_unlock`` takes over a lock that a process on another host left (see ``run_lock``).
     """
+    check_backbone_weights(cfg)
     dist = dist_utils.init_distributed(cfg.train.device, cfg.train.collective_timeout_s)
     dist_utils.per_process_batch_size(cfg.solver.batch_size, dist.world_size)
     with hold_run_lock(cfg.train.output_dir, dist.is_main, force=force_unlock):
@@ -110,10 +134,14 @@ def _train_detector(cfg: DictConfig, dist: dist_utils.DistInfo, resume: bool) ->
     optimizer = build_optimizer(model, cfg.solver)
     scheduler = build_lr_scheduler(optimizer, cfg.solver)
 
+    train_sets = []
+
     def make_loader(start_iter: int):
-        return build_detection_train_loader(
+        loader = build_detection_train_loader(
             cfg, records, start_iter=start_iter, rank=dist.rank, world_size=dist.world_size
         )
+        train_sets.append(loader.dataset)
+        return loader
 
     non_blocking = dist.device.type == "cuda"
 
@@ -154,4 +182,19 @@ def _train_detector(cfg: DictConfig, dist: dist_utils.DistInfo, resume: bool) ->
         if counts.total():
             logger.warning("data: %s (details in %s)", counts.summary(), output_dir / "data_report.json")
         logger.info("training on %d images of %s, %d classes", len(records), list(cfg.datasets.train), num_classes)
-    return trainer.train()
+    results = trainer.train()
+    report_unreadable_images(train_sets, metadata["sanitize_counts"], output_dir)
+    return results
+
+
+def report_unreadable_images(datasets, counts, output_dir: Path) -> None:
+    """Add the training images skipped as undecodable (``datasets.corrupt_image=skip``; only known
+    once read) to the counts of ``data_report.json``, over all ranks (a collective)."""
+    files = unreadable_files(datasets)
+    if dist_utils.get_world_size() > 1:
+        files = sorted({name for part in dist_utils.all_gather_object(files) for name in part})
+    if not files or not dist_utils.is_main_process():
+        return
+    counts.add_undecodable(files)
+    atomic_write_text(output_dir / "data_report.json", json.dumps(counts.to_dict(), indent=2, sort_keys=True) + "\n")
+    logger.warning("data: %s (details in %s)", counts.summary(), output_dir / "data_report.json")

@@ -42,13 +42,20 @@ class MultiScaleRoIPool(MultiScaleRoIAlign):
         rois = torch.cat([torch.cat([b.new_full((len(b), 1), i), b], dim=1) for i, b in enumerate(boxes)])
         features = [x[name] for name in self.featmap_names]
         if len(features) == 1:
-            return roi_pool(features[0], rois, self.output_size, self.scales[0])
+            return self._pool(features[0], rois, self.scales[0])
         levels = self.map_levels(boxes)
         out = features[0].new_zeros((len(rois), features[0].shape[1], *self.output_size))
         for level, (feature, scale) in enumerate(zip(features, self.scales)):
             idx = torch.where(levels == level)[0]
-            out[idx] = roi_pool(feature, rois[idx], self.output_size, scale).to(out.dtype)
+            out[idx] = self._pool(feature, rois[idx], scale)
         return out
+
+    def _pool(self, feature: Tensor, rois: Tensor, scale: float) -> Tensor:
+        """``roi_pool`` in fp32, returned in the features' dtype, as torchvision's autocast does for
+        ``roi_align``: under autocast (``train.amp``) features come in bf16/fp16 and the proposals
+        in another dtype, and ``roi_pool`` has neither a mixed-dtype nor a CPU bf16 kernel."""
+        pooled = roi_pool(feature.float(), rois.float(), self.output_size, scale)
+        return pooled.to(feature.dtype)
 
 
 def build_box_pooler(kind: str, strides: Dict[str, int], resolution: int, sampling_ratio: int) -> MultiScaleRoIAlign:
