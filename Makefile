@@ -3,7 +3,8 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
-DEMO_DIR ?= output/demo
+SEED ?= 0
+DEMO_DIR ?= output/demo/seed$(SEED)
 
 .PHONY: venv test demo clean
 
@@ -23,13 +24,14 @@ clean:
 	rm -rf $(VENV) build *.egg-info
 
 # The whole chain on generated data, no download: pretrain a ResNet-18 on shapes classification,
-# fine-tune Faster R-CNN R18-FPN from it, evaluate (pycocotools), draw detections. Each step
-# resumes or skips what an earlier `make demo` finished.
+# fine-tune Faster R-CNN R18-FPN from it, evaluate (pycocotools), draw detections. SEED seeds every
+# step (`make demo SEED=3`), each seed in its own folder; each step resumes or skips what an earlier
+# `make demo` of that seed finished.
 DEMO_DET_ARGS ?=
 demo: venv
-	$(PY) tools/train_cls.py --config configs/classification/shapes.yaml --output $(DEMO_DIR)/cls --resume
+	$(PY) tools/train_cls.py --config configs/classification/shapes.yaml --output $(DEMO_DIR)/cls --seed $(SEED) --resume
 	$(PY) tools/train_det.py --config configs/shapes/faster_rcnn_fpn.yaml --weights $(DEMO_DIR)/cls/model_final.pth \
-		--output $(DEMO_DIR)/det --resume datasets.test=[] $(DEMO_DET_ARGS)
+		--output $(DEMO_DIR)/det --seed $(SEED) --resume datasets.test=[] $(DEMO_DET_ARGS)
 	$(PY) tools/eval.py --run $(DEMO_DIR)/det --dataset shapes_val --output $(DEMO_DIR)/eval
 	$(PY) tools/infer.py --run $(DEMO_DIR)/det --input $${RESNET_DET_DATASETS:-datasets}/shapes/val --max-images 6 \
 		--output $(DEMO_DIR)/infer
