@@ -181,3 +181,37 @@ def test_resume_with_checkpoints_that_all_fail_to_load_is_refused(tmp_path):
 
     # An empty folder with --resume still starts from scratch (what a requeued first job does).
     assert _make(tmp_path / "empty", max_iter=2).resume_or_load(resume=True) == 0
+
+
+_DIES_LEAVING_A_CHILD = """
+import os, signal, sys, time
+from resnet_det.engine.run_lock import RunLock
+RunLock(sys.argv[1]).acquire()
+if os.fork() == 0:  # like a data-loader worker: it shares the locked descriptor
+    time.sleep(float(sys.argv[2]))
+    os._exit(0)
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def _kill_holder_leaving_a_child(folder: Path, child_lives_s: float) -> None:
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    proc = subprocess.run([sys.executable, "-c", _DIES_LEAVING_A_CHILD, str(folder), str(child_lives_s)], env=env)
+    assert proc.returncode == -signal.SIGKILL
+    holder = read_holder(folder)
+    assert holder["host"] == socket.gethostname()
+
+
+def test_a_killed_holders_workers_are_waited_for_then_the_lock_is_taken(tmp_path, caplog):
+    """SIGKILL of training leaves its forked loader workers holding the flock for a few seconds."""
+    _kill_holder_leaving_a_child(tmp_path, child_lives_s=2)
+    with caplog.at_level(logging.WARNING), RunLock(tmp_path):
+        assert read_holder(tmp_path)["pid"] == os.getpid()
+    assert "processes it started still hold" in caplog.text and "waiting up to" in caplog.text
+
+
+def test_leftover_processes_that_outlive_the_wait_are_named(tmp_path, monkeypatch):
+    monkeypatch.setattr("resnet_det.engine.run_lock.ORPHAN_WAIT_S", 1)
+    _kill_holder_leaving_a_child(tmp_path, child_lives_s=6)
+    with pytest.raises(ConfigError, match=r"is gone, but processes it started still hold .*fuser -v"):
+        RunLock(tmp_path).acquire()

@@ -6,7 +6,7 @@ the lock cannot outlive its process: a lock file left with a record but no flock
 process that died (SIGKILL, out of memory) and is taken over with a warning. A clean exit removes
 the file. A second process finds the flock held and stops with an error that names the holder.
 (Forked data-loader workers share the locked descriptor: after a SIGKILL the lock is free once
-they have noticed and exited too, within seconds.)
+they have noticed and exited too, within seconds; a new run on the folder waits for that.)
 
 On NFS, Linux turns flock into a POSIX byte-range lock that the server sees, so the lock holds
 across client hosts with NFSv4 (or NFSv3 with lockd), but not on mounts with ``nolock`` or
@@ -24,6 +24,7 @@ import json
 import logging
 import os
 import socket
+import time
 from pathlib import Path
 from typing import Dict, Iterator, Optional
 
@@ -35,6 +36,7 @@ logger = logging.getLogger(__name__)
 
 LOCK_FILE = "train.lock"
 FORCE_HINT = "--force-unlock"
+ORPHAN_WAIT_S = 20  # data-loader workers check every 5 s that their parent lives (torch's MP_STATUS_CHECK_INTERVAL)
 
 # Locks this process holds, by resolved folder: the tools hold the lock for the whole run and the
 # Trainer takes it again around its own phases, which must not count as a second writer.
@@ -57,6 +59,21 @@ def read_holder(output_dir: os.PathLike) -> Optional[dict]:
     return record if isinstance(record, dict) else {}
 
 
+def _alive(pid) -> bool:
+    """Whether process ``pid`` exists on this host (a zombie counts as gone: it holds no files)."""
+    try:
+        pid = int(pid)
+        os.kill(pid, 0)
+    except (TypeError, ValueError, ProcessLookupError):
+        return False
+    except PermissionError:
+        return True
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
 def _describe(record: Optional[dict]) -> str:
     if not record:
         return "an unknown process"
@@ -76,6 +93,7 @@ class RunLock:
         self.force = force
         self._fd: Optional[int] = None
         self._depth = 0
+        self._orphan_deadline: Optional[float] = None
 
     def acquire(self) -> "RunLock":
         key = self.output_dir.resolve()
@@ -112,6 +130,8 @@ class RunLock:
             except OSError as e:
                 os.close(fd)
                 if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                    if self._wait_for_orphans():
+                        continue
                     raise ConfigError(
                         f"{self.output_dir} is in use by another training process, {_describe(read_holder(self.output_dir))} "
                         f"(lock {self.path}): wait for it to finish or stop it, or choose another --output"
@@ -132,6 +152,30 @@ class RunLock:
             if same:
                 return fd
             os.close(fd)
+
+    def _wait_for_orphans(self) -> bool:
+        """Whether to try the flock again: its holder on this host is dead, and what still holds the
+        flock are the data-loader workers it forked, which exit within seconds of their parent.
+
+        Waits up to ``ORPHAN_WAIT_S`` for them; past that, the error names the dead holder and how to
+        find what still holds the file.
+        """
+        record = read_holder(self.output_dir)
+        if not record or record.get("host") != socket.gethostname() or _alive(record.get("pid")):
+            return False
+        if self._orphan_deadline is None:
+            self._orphan_deadline = time.monotonic() + ORPHAN_WAIT_S
+            logger.warning(
+                "%s died but processes it started still hold %s (data-loader workers exit soon after their "
+                "parent); waiting up to %d s", _describe(record), self.path, ORPHAN_WAIT_S,
+            )
+        if time.monotonic() < self._orphan_deadline:
+            time.sleep(0.2)
+            return True
+        raise ConfigError(
+            f"{self.output_dir}: its training process {_describe(record)} is gone, but processes it started still "
+            f"hold {self.path} after {ORPHAN_WAIT_S} s: stop them (`fuser -v {self.path}` lists them), then run again"
+        )
 
     def _take_over(self, record: Optional[dict]) -> None:
         """Decide about a record left in the lock file by a holder that no longer holds the flock."""
