@@ -341,6 +341,17 @@ class Trainer:
             state["rng_per_rank"] = all_gather_object(rng)
         return state
 
+    def _sync_buffers(self) -> None:
+        """Give every replica rank 0's buffers (BatchNorm's running statistics).
+
+        DDP broadcasts them at the start of each forward, so training is unchanged; but after the
+        last step each rank holds the statistics of its own batch, and sharded evaluation would
+        otherwise run a slightly different model on each rank than the one rank 0 saves.
+        """
+        if self.dist.world_size > 1:
+            for buffer in self.module.buffers():
+                torch_dist.broadcast(buffer, src=0)
+
     def _save(self) -> Path:
         state = self._state()
         path = self.checkpointer.save(self.iter, state)
@@ -438,15 +449,19 @@ class Trainer:
             if self.iter % self.log_period == 0 or self.iter == self.max_iter:
                 results = self._report(window, events)
                 window = _Window()
+            evaluate = self.eval_fn is not None and (
+                (self.eval_period and self.iter % self.eval_period == 0) or self.iter == self.max_iter
+            )
+            save = self.iter % self.checkpoint_period == 0 or self.iter == self.max_iter or stop
+            if evaluate or save:
+                self._sync_buffers()
             # Evaluation before the checkpoint: a schedule that reads its metrics (the plateau
             # rule) then resumes from a state that has seen them.
-            if self.eval_fn is not None and (
-                (self.eval_period and self.iter % self.eval_period == 0) or self.iter == self.max_iter
-            ):
+            if evaluate:
                 metrics = self._evaluate(events)
                 if self.iter == self.max_iter:
                     results.update(metrics)
-            if self.iter % self.checkpoint_period == 0 or self.iter == self.max_iter or stop:
+            if save:
                 checkpoint = self._save()
             if stop and self.iter < self.max_iter:
                 raise TrainingInterrupted(self.iter, checkpoint, self._stop_signal or signal.SIGTERM)
