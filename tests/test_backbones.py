@@ -7,7 +7,7 @@ import torchvision
 from torch import nn
 
 from backbones import BackboneError, FrozenBatchNorm2d, build_backbone, build_model, list_models, register_model
-from backbones import registry
+from backbones import models
 from backbones.complexity import count_multiply_adds, count_parameters
 from backbones.resnet import ZeroPadShortcut
 
@@ -20,7 +20,7 @@ def meta_model(name, **options):
 @pytest.fixture
 def isolated_registry(monkeypatch):
     """Registrations made by a test are forgotten after it."""
-    monkeypatch.setattr(registry, "_MODELS", dict(registry._MODELS))
+    monkeypatch.setattr(models, "MODELS", models.MODELS.copy())
 
 
 # --- Table 1 and Table 6 -------------------------------------------------------------------------
