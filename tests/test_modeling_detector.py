@@ -162,7 +162,7 @@ def test_c4_head_is_the_backbones_loaded_layer4(tmp_path):
     assert res5 and all(torch.equal(v, saved[f"layer4.{k}"]) for k, v in res5.items())
     assert all(torch.equal(v, saved[k]) for k, v in model.backbone.state_dict().items())
     assert not hasattr(model.backbone, "layer4")
-    assert model.roi_heads.box_predictor.cls_score.in_features == source.out_channels["c5"]
+    assert model.roi_heads.box_predictor.cls_score.in_features == source.output_shape()["c5"].channels
 
 
 def test_multiscale_roi_pool_pools_each_box_on_its_fpn_level():
