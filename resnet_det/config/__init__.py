@@ -176,7 +176,7 @@ def load_config(
     missing = sorted(OmegaConf.missing_keys(cfg))
     if missing:
         raise ConfigError(f"{path or 'config'}: required key(s) not set: {', '.join(missing)}")
-    validate_config(cfg, str(path) if path is not None else "config")
+    validate_config(cfg)
     return cfg
 
 

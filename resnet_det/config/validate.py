@@ -42,12 +42,13 @@ def register_choices(key: str, registry: Registry) -> None:
     _REGISTERED[key] = registry
 
 
-def validate_config(cfg: DictConfig, source: str = "config") -> None:
-    """Every check of this module that applies to ``cfg`` (a detection or classification config)."""
+def validate_config(cfg: DictConfig) -> None:
+    """Every check of this module that applies to ``cfg`` (a detection or classification config,
+    merged from its files and overrides, so the messages name keys rather than files)."""
     for key, registry in _REGISTERED.items():
         value = OmegaConf.select(cfg, key, default=None)
         if value is not None and value not in registry:
-            raise ConfigError(f"{source}: {key}={value!r}: {registry.unknown(value)}")
+            raise ConfigError(f"{key}={value!r}: {registry.unknown(value)}")
     check_trainer_settings(
         cfg.solver.max_iter, cfg.train.checkpoint_period, cfg.train.log_period, cfg.train.eval_period,
         cfg.solver.nonfinite_loss,

@@ -90,7 +90,7 @@ def _stored_config(state: Dict, weights: Path, run: Path, overrides) -> DictConf
             "give --config FILE --weights CHECKPOINT instead of --run"
         ) from None
     cfg = apply_overrides(cfg, overrides)
-    validate_config(cfg, f"the config stored in {weights}")
+    validate_config(cfg)
     return cfg
 
 
