@@ -24,13 +24,10 @@ from torchvision.ops import MultiScaleRoIAlign, roi_pool
 from torchvision.ops.poolers import LevelMapper
 
 from backbones import build_backbone
-from resnet_det.config.validate import register_choices
 from resnet_det.errors import ConfigError
 from resnet_det.modeling import backbone_weights, c4_head, fpn  # noqa: F401  (register the kinds and heads)
 from resnet_det.modeling.heads import HEADS
 from resnet_det.modeling.transform import DetectionTransform, resolve_input_format
-
-register_choices("model.head", HEADS)
 
 
 class MultiScaleRoIPool(MultiScaleRoIAlign):

@@ -16,6 +16,7 @@ from omegaconf import DictConfig
 from torch import nn
 
 from backbones import InputFormat, Registry
+from resnet_det.config.validate import register_choices
 from resnet_det.errors import ConfigError
 
 
@@ -37,3 +38,4 @@ HeadBuilder = Callable[[DictConfig, Callable[[Sequence[str]], nn.Module]], Detec
 HEADS: Registry[HeadBuilder] = Registry(
     "detection head", ConfigError, hint="register yours with resnet_det.modeling.HEADS.register(name)"
 )
+register_choices("model.head", HEADS)
