@@ -13,7 +13,7 @@ from typing import Dict, Optional, Sequence, get_args
 from omegaconf import DictConfig, OmegaConf
 
 from backbones import Registry
-from resnet_det.config.defaults import LrPolicy, NonfiniteLoss, WarmupMethod
+from resnet_det.config.defaults import DetectionConfig, LrPolicy, NonfiniteLoss, WarmupMethod
 from resnet_det.errors import ConfigError
 
 # Which bad-record actions each kind allows (datasets.<kind>), and why "fix" does not where refused.
@@ -55,10 +55,9 @@ def validate_config(cfg: DictConfig) -> None:
     )
     check_batch_and_lr(cfg.solver)
     check_schedule(cfg.solver, list(cfg.solver.steps))
-    if "datasets" in cfg:
+    if OmegaConf.get_type(cfg) is DetectionConfig:
         for kind in BAD_RECORD_CHOICES:
             check_bad_record_action(kind, cfg.datasets[kind])
-    if "model" in cfg and "input_format" in cfg.model:
         _check_detection_model(cfg)
 
 
