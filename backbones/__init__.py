@@ -11,8 +11,10 @@ cifar_plain{6n+2} (section 4.2). This package has no detection code and can be u
 from . import cifar, resnet  # noqa: F401  (registers the built-in models)
 from .backbone import ResNetBackbone, build_backbone
 from .errors import BackboneError
+from .models import build_model, list_models, register_model
 from .norm import FrozenBatchNorm2d
-from .registry import build_model, list_models, register_model
+from .registry import Registry
+from .shape_spec import ShapeSpec
 from .weights import InputFormat, LoadReport, load_weights
 
 __all__ = [
@@ -20,7 +22,9 @@ __all__ = [
     "FrozenBatchNorm2d",
     "InputFormat",
     "LoadReport",
+    "Registry",
     "ResNetBackbone",
+    "ShapeSpec",
     "build_backbone",
     "build_model",
     "list_models",

@@ -3,22 +3,24 @@
 Features: ``stem`` (after conv1 and the max pool), then ``c2``..``c5``, the outputs of ``layer1``..
 ``layer4`` (the paper's conv2_x..conv5_x, detectron2's res2..res5). For the ImageNet nets their
 strides are 4, 4, 8, 16, 32. The CIFAR nets have no max pool and three stages: ``stem`` and
-``c2``, ``c3``, ``c4`` at strides 1, 1, 2, 4 (and no ``c5``).
+``c2``, ``c3``, ``c4`` at strides 1, 1, 2, 4 (and no ``c5``). ``output_shape()`` says so for the
+features a backbone returns: ``{name: ShapeSpec(channels, stride)}``.
 
 The paper's C4 detector shares conv1..conv4_x and runs conv5_x on each pooled region: build with
 ``out_features=("c4", "c5")`` and call ``split_res5()``, which hands ``layer4`` over to the head.
 """
 
 from collections import OrderedDict
-from typing import Iterator, Sequence
+from typing import Dict, Iterator, Sequence
 
 import torch
 from torch import nn
 
 from .complexity import meta_forward
 from .errors import BackboneError
+from .models import instantiate, lookup
 from .norm import FrozenBatchNorm2d
-from .registry import instantiate, lookup
+from .shape_spec import ShapeSpec
 from .weights import load_weights, read_weights
 
 STAGES = {"c2": "layer1", "c3": "layer2", "c4": "layer3", "c5": "layer4"}
@@ -59,8 +61,8 @@ class ResNetBackbone(nn.Module):
                 f"{arch}: out_features {tuple(out_features)} must be some of {', '.join(available)}"
             )
         self.out_features = available  # measure all: channels and stride of each feature
-        self._geometry = {
-            feature: (output.shape[1], _PROBE_SIZE // output.shape[-1])
+        self._shapes = {
+            feature: ShapeSpec(channels=output.shape[1], stride=_PROBE_SIZE // output.shape[-1])
             for feature, output in meta_forward(self, (1, 3, _PROBE_SIZE, _PROBE_SIZE)).items()
         }
         self._select(tuple(feature for feature in available if feature in out_features))
@@ -69,12 +71,14 @@ class ResNetBackbone(nn.Module):
     def _select(self, out_features: tuple[str, ...]) -> None:
         """Output ``out_features`` and drop the stages after the last of them."""
         self.out_features = out_features
-        self.out_channels = {feature: self._geometry[feature][0] for feature in out_features}
-        self.strides = {feature: self._geometry[feature][1] for feature in out_features}
         last = max(list(STAGES).index(feature) if feature in STAGES else -1 for feature in out_features)
         for stage in list(STAGES.values())[last + 1 :]:
             if stage in self._modules:
                 delattr(self, stage)
+
+    def output_shape(self) -> Dict[str, ShapeSpec]:
+        """Channels and stride of each feature in ``out_features`` (the Backbone contract)."""
+        return {feature: self._shapes[feature] for feature in self.out_features}
 
     def _stages(self) -> Iterator[tuple[str, nn.Module]]:
         for feature, stage in STAGES.items():

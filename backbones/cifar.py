@@ -14,7 +14,7 @@ from torch import nn
 
 from .errors import BackboneError
 from .norm import get_norm
-from .registry import register_model
+from .models import register_model
 from .resnet import BasicBlock, check_shortcut, init_weights, make_stage
 
 

@@ -1,103 +1,91 @@
-"""The model registry: names such as ``r50`` or ``cifar_r110`` -> builders, and ``build_model``.
+"""``Registry``: one type for every table of named things that users extend.
 
-A registered name may hold one ``{...}`` placeholder for a number, which names a whole family:
-``cifar_r{6n+2}`` matches ``cifar_r20`` .. ``cifar_r1202`` and its builder receives the number as
-``depth`` (the text in the braces only documents which numbers are valid; the builder checks).
+Models (``backbones.models``), checkpoint kinds (``backbones.weights``), and in ``resnet_det`` the
+detection heads, datasets and metrics are each a ``Registry``: register under a name (as a
+decorator or a call), look up by name, list. An unknown name is one line that names the kind,
+the close matches and what is known, raised as the error type of the package that owns the table
+(``BackboneError`` here, ``ConfigError``, ``DatasetError``, ... in ``resnet_det``). Modelled on
+fvcore's ``Registry``; this package has no detection code, so it lives here, at the bottom.
 """
 
-import re
-from dataclasses import dataclass
-from typing import Callable, Optional
-
-from torch import nn
+import difflib
+from typing import Dict, Generic, Iterator, List, Optional, Type, TypeVar
 
 from .errors import BackboneError
-from .weights import TORCHVISION_INPUT, Weights, load_weights, read_weights
 
-_PLACEHOLDER = re.compile(r"\{[^{}]*\}")
-
-
-@dataclass(frozen=True)
-class ModelEntry:
-    name: str  # as listed, e.g. "r50" or "cifar_r{6n+2}"
-    build: Callable[..., nn.Module]  # (**options) -> classifier
-    # (classifier, out_features) -> feature extractor; None = backbones.backbone.ResNetBackbone
-    backbone: Optional[Callable[..., nn.Module]] = None
-    pattern: Optional[re.Pattern] = None  # for a numbered family: matches its names, group 1 = depth
+T = TypeVar("T")
 
 
-_MODELS: dict[str, ModelEntry] = {}
+class Registry(Generic[T]):
+    """Names -> objects of one kind.
 
-
-def register_model(name: str, *, backbone: Optional[Callable[..., nn.Module]] = None):
-    """Decorator registering a classifier builder under ``name``.
-
-    The builder takes keyword options (``num_classes``, ``norm``, ``shortcut``, ... and any of its
-    own; it must accept ``**options``, since options recorded with weights are passed on) and returns
-    a classifier, ``forward(images) -> logits``. ``build_backbone`` turns it into a feature extractor
-    when it is laid out like torchvision's ResNet (``conv1``, ``bn1``, ``relu``, optional ``maxpool``,
-    ``layer1``.. of blocks); for any other layout give ``backbone=fn`` with ``fn(classifier,
-    out_features)`` returning a module that keeps the Backbone contract of docs/architecture.md and
-    has ``freeze(freeze_at)`` (subclassing ``backbones.backbone.ResNetBackbone`` is one way).
+    ``kind`` names the kind in messages ("detection head"); ``error`` is raised for unknown and
+    duplicate names; ``listing`` introduces the known names in the unknown-name message (default
+    "known <kind>s are"), and ``hint`` ends it (how to add one).
     """
-    parts = _PLACEHOLDER.split(name)
-    if len(parts) > 2:
-        raise BackboneError(f"model name '{name}' has several {{...}} placeholders: use one, for the depth")
-    pattern = re.compile(re.escape(parts[0]) + r"(\d+)" + re.escape(parts[1])) if len(parts) == 2 else None
 
-    def decorator(build: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-        if name in _MODELS:
-            raise BackboneError(f"model name '{name}' is already registered: choose another name")
-        _MODELS[name] = ModelEntry(name, build, backbone, pattern)
-        return build
+    def __init__(
+        self, kind: str, error: Type[Exception] = BackboneError, hint: str = "", listing: Optional[str] = None
+    ):
+        self.kind, self.error, self.hint = kind, error, hint
+        self.listing = listing or f"known {kind}s are"
+        self._entries: Dict[str, T] = {}
 
-    return decorator
+    def register(self, name: str, obj: Optional[T] = None):
+        """``register(name, obj)``, or ``@register(name)`` above a function or class; returns ``obj``."""
+        if obj is not None:
+            self._add(name, obj)
+            return obj
 
+        def decorator(fn: T) -> T:
+            self._add(name, fn)
+            return fn
 
-def list_models() -> list[str]:
-    """The registered names, sorted; numbered families as their pattern (``cifar_r{6n+2}``)."""
-    return sorted(_MODELS)
+        return decorator
 
+    def _add(self, name: str, obj: T) -> None:
+        if name in self._entries:
+            raise self.error(f"{self.kind} name '{name}' is already registered: choose another name")
+        self._entries[name] = obj
 
-def lookup(name: str) -> tuple[ModelEntry, dict[str, int]]:
-    """The entry that builds ``name`` and the arguments its name carries (``{"depth": n}`` for families)."""
-    entry = _MODELS.get(name)
-    if entry is not None and entry.pattern is None:
-        return entry, {}
-    for entry in _MODELS.values():
-        match = entry.pattern.fullmatch(name) if entry.pattern is not None else None
-        if match:
-            return entry, {"depth": int(match.group(1))}
-    raise BackboneError(f"unknown model '{name}': known models are {', '.join(list_models())}")
+    def get(self, name: str) -> T:
+        if name not in self._entries:
+            raise self.unknown(name)
+        return self._entries[name]
 
+    def unknown(self, name: str) -> Exception:
+        """The error for an unknown ``name`` (for lookups that try more than exact names first)."""
+        hint = f"; {self.hint}" if self.hint else ""
+        return self.error(
+            f"unknown {self.kind} '{name}': {self.listing} {', '.join(self.names())}{self.close_matches(name)}{hint}"
+        )
 
-def instantiate(name: str, weights: Optional[Weights] = None, **options) -> nn.Module:
-    """Build model ``name`` without loading weights.
+    def close_matches(self, name: str) -> str:
+        """``"; did you mean a, b?"`` when some names are close to ``name``, else ``""``."""
+        matches = difflib.get_close_matches(str(name), self.names(), n=3, cutoff=0.6)
+        return f"; did you mean {', '.join(matches)}?" if matches else ""
 
-    Options given as None are left to the weights (what they were made with: ``num_classes``,
-    ``stride_in_1x1``, ``shortcut``) and then to the model's defaults. The model carries ``arch``
-    (its name) and ``input_format`` (torchvision's ImageNet convention until weights say otherwise).
-    """
-    entry, numbered = lookup(name)
-    chosen = {key: value for key, value in options.items() if value is not None}
-    model = entry.build(**numbered, **{**(weights.options if weights is not None else {}), **chosen})
-    model.arch = name
-    model.input_format = TORCHVISION_INPUT
-    return model
+    def names(self) -> List[str]:
+        """The registered names, sorted."""
+        return sorted(self._entries)
 
+    def items(self):
+        return self._entries.items()
 
-def build_model(name: str, num_classes: Optional[int] = None, *, weights=None, **options) -> nn.Module:
-    """The classifier ``name`` (see ``list_models()``), ``forward(images) -> logits``.
+    def copy(self) -> "Registry[T]":
+        """A registry with the same entries, for tests that register throw-away names."""
+        other = Registry(self.kind, self.error, self.hint, self.listing)
+        other._entries = dict(self._entries)
+        return other
 
-    ``num_classes`` None = what ``weights`` hold, else the architecture's own (1000 for the ImageNet
-    nets, 10 for the CIFAR nets). ``weights``: see ``backbones.weights.load_weights``; a classifier
-    head of another size than ``num_classes`` is left at its initialisation (fine-tuning).
-    Options (all optional): ``shortcut`` "A" | "B" | "C", ``stride_in_1x1``, ``zero_init_residual``,
-    ``norm`` "bn" | "frozen_bn" | "gn" | "syncbn". The built-in models also carry ``options``, the
-    resolved values, as checkpoints record them.
-    """
-    source = read_weights(weights, name) if weights is not None else None
-    model = instantiate(name, source, num_classes=num_classes, **options)
-    if source is not None:
-        load_weights(model, source)
-    return model
+    def __contains__(self, name: object) -> bool:
+        return name in self._entries
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names())
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __repr__(self) -> str:
+        return f"Registry({self.kind!r}: {', '.join(self.names())})"

@@ -21,7 +21,7 @@ from torch import nn
 
 from .errors import BackboneError
 from .norm import get_norm
-from .registry import register_model
+from .models import register_model
 
 SHORTCUTS = ("A", "B", "C")
 

@@ -8,10 +8,11 @@ Accepted forms:
 - MSRA's original models as distributed for detectron2 (``R-50.pkl``): caffe2 blobs with BatchNorm
   folded into a scale and a shift, stride in the first 1x1, BGR input on 0..255 without scaling;
   the Caffe ``conv1`` bias (``conv1_b``) folded into the shift of the BN after it.
-- a checkpoint of our own training, ``{"model": state dict, "meta": {...}}``: a classification
-  one, or a detection one, of which only the backbone is used: the module holding ``conv1`` under
-  ``backbone.body.`` (torchvision's layout), ``backbone.bottom_up.`` (our FPN) or ``backbone.``
-  (our C4 model, whose res5 runs in the box head, ``roi_heads.box_head.res5.``: read as ``layer4``).
+- a checkpoint of our own training, ``{"model": state dict, "meta": {...}}``, whose
+  ``meta.kind`` names an entry of ``CHECKPOINT_KINDS``: a function that turns its state dict into
+  the backbone's names. ``classification`` is built in (its state dict is the classifier's);
+  ``resnet_det.modeling`` registers ``detection``, since only the detection layer knows where a
+  detector keeps its backbone.
 
 Each form also records how its images were normalised (``InputFormat``) and the model options it
 was made with, which the builders follow for the options a user leaves unset.
@@ -23,7 +24,7 @@ import pickle
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Optional, Union
+from typing import Any, Callable, Mapping, Optional, Union
 
 import numpy as np
 import torch
@@ -31,6 +32,7 @@ import torchvision
 from torch import nn
 
 from .errors import BackboneError, UnsafeFileError
+from .registry import Registry
 from .serialization import load_pickle, torch_load
 
 logger = logging.getLogger(__name__)
@@ -41,10 +43,6 @@ ACCEPTED = (
 )
 _BN_COUNTER = "num_batches_tracked"  # BatchNorm's bookkeeping, not a weight
 HEAD = "fc."  # the classifier head, replaced when fine-tuning for another number of classes
-# Where detection checkpoints keep the backbone: torchvision's BackboneWithFPN, our FPN, our C4
-# model; and the C4 box head's res5, which is the backbone's layer4 (``split_res5``).
-DETECTION_BACKBONES = ("backbone.body.", "backbone.bottom_up.", "backbone.")
-DETECTION_RES5 = "roi_heads.box_head.res5."
 # Options that change what the weights compute; a model built for them follows them.
 ARCH_OPTIONS = ("shortcut", "stride_in_1x1")
 
@@ -352,29 +350,20 @@ def _caffe2_to_torchvision(blob: str) -> str:
     return f"layer{int(stage) - 1}.{block}.{module}.{parameter}"
 
 
-def _detection_backbone(path: Path, state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    prefix = next((prefix for prefix in DETECTION_BACKBONES if f"{prefix}conv1.weight" in state), None)
-    if prefix is None:
-        raise BackboneError(
-            f"{path}: a detection checkpoint without backbone weights (no conv1.weight under "
-            f"{', '.join(DETECTION_BACKBONES)})"
-        )
-    backbone = {key[len(prefix) :]: value for key, value in state.items() if key.startswith(prefix)}
-    backbone.update(
-        {f"layer4.{key[len(DETECTION_RES5) :]}": value for key, value in state.items() if key.startswith(DETECTION_RES5)}
-    )
-    return backbone
+# meta.kind of a checkpoint of ours -> fn(file, state dict) -> the state dict in the backbone's names.
+CHECKPOINT_KINDS: Registry[Callable[[str, Mapping[str, torch.Tensor]], Mapping[str, torch.Tensor]]] = Registry(
+    "checkpoint kind", hint="detection checkpoints are read once resnet_det.modeling is imported"
+)
+CHECKPOINT_KINDS.register("classification", lambda source, state: state)
 
 
 def _read_checkpoint(path: Path, checkpoint: Mapping) -> Weights:
     meta, state = checkpoint["meta"], checkpoint["model"]
     kind = meta.get("kind")
-    if kind == "detection":
-        state = _detection_backbone(path, state)
-    elif kind != "classification":
-        raise BackboneError(
-            f"{path}: meta.kind is {kind!r}; a checkpoint of ours says 'classification' or 'detection'"
-        )
+    if kind not in CHECKPOINT_KINDS:
+        known = " or ".join(repr(name) for name in CHECKPOINT_KINDS)
+        raise BackboneError(f"{path}: meta.kind is {kind!r}; a checkpoint of ours says {known} ({CHECKPOINT_KINDS.hint})")
+    state = CHECKPOINT_KINDS.get(kind)(str(path), state)
     input_format = TORCHVISION_INPUT
     try:
         if "input_format" in meta:

@@ -6,8 +6,8 @@ import torch
 import torchvision
 from torch import nn
 
-from backbones import BackboneError, FrozenBatchNorm2d, build_backbone, build_model, list_models, register_model
-from backbones import registry
+from backbones import BackboneError, FrozenBatchNorm2d, ShapeSpec, build_backbone, build_model, list_models, register_model
+from backbones import models
 from backbones.complexity import count_multiply_adds, count_parameters
 from backbones.resnet import ZeroPadShortcut
 
@@ -20,7 +20,7 @@ def meta_model(name, **options):
 @pytest.fixture
 def isolated_registry(monkeypatch):
     """Registrations made by a test are forgotten after it."""
-    monkeypatch.setattr(registry, "_MODELS", dict(registry._MODELS))
+    monkeypatch.setattr(models, "MODELS", models.MODELS.copy())
 
 
 # --- Table 1 and Table 6 -------------------------------------------------------------------------
@@ -236,8 +236,7 @@ def test_registered_resnet_like_model_works_as_backbone(isolated_registry):
     assert "tv_r18" in list_models()
     assert build_model("tv_r18", num_classes=3).eval()(torch.randn(1, 3, 32, 32)).shape == (1, 3)
     backbone = build_backbone("tv_r18", out_features=("stem", "c5"))
-    assert backbone.strides == {"stem": 4, "c5": 32}
-    assert backbone.out_channels == {"stem": 64, "c5": 512}
+    assert backbone.output_shape() == {"stem": ShapeSpec(64, 4), "c5": ShapeSpec(512, 32)}
     assert backbone(torch.randn(1, 3, 64, 64))["c5"].shape == (1, 512, 2, 2)
 
 
@@ -253,8 +252,11 @@ def test_other_layouts_need_a_backbone_function(isolated_registry):
         def __init__(self, classifier, out_features):
             super().__init__()
             self.body = classifier[0]
-            self.out_features, self.out_channels, self.strides = ("c2",), {"c2": 8}, {"c2": 1}
+            self.out_features = ("c2",)
             self.frozen_at = None
+
+        def output_shape(self):
+            return {"c2": ShapeSpec(channels=8, stride=1)}
 
         def forward(self, x):
             return {"c2": self.body(x)}
@@ -287,21 +289,25 @@ def test_backbone_features_channels_and_strides():
     with torch.no_grad():
         features = backbone(torch.randn(2, 3, 64, 64))
     assert list(features) == ["stem", "c2", "c3", "c4", "c5"]
-    assert backbone.strides == {"stem": 4, "c2": 4, "c3": 8, "c4": 16, "c5": 32}
-    assert backbone.out_channels == {"stem": 64, "c2": 64, "c3": 128, "c4": 256, "c5": 512}
+    shapes = backbone.output_shape()
+    assert {name: shape.stride for name, shape in shapes.items()} == {"stem": 4, "c2": 4, "c3": 8, "c4": 16, "c5": 32}
+    assert {name: shape.channels for name, shape in shapes.items()} == {
+        "stem": 64, "c2": 64, "c3": 128, "c4": 256, "c5": 512
+    }
     for name, feature in features.items():
-        side = 64 // backbone.strides[name]
-        assert feature.shape == (2, backbone.out_channels[name], side, side)
+        side = 64 // shapes[name].stride
+        assert feature.shape == (2, shapes[name].channels, side, side)
     assert backbone.input_format.channel_order == "RGB"
     assert not any(key.startswith("fc.") for key in backbone.state_dict())
 
 
 def test_bottleneck_and_cifar_backbones():
     r50 = build_backbone("r50", out_features=("c2", "c5"))
-    assert r50.out_channels == {"c2": 256, "c5": 2048}
+    assert {name: shape.channels for name, shape in r50.output_shape().items()} == {"c2": 256, "c5": 2048}
     cifar = build_backbone("cifar_r8", out_features=("stem", "c2", "c3", "c4"), norm="bn")
-    assert cifar.strides == {"stem": 1, "c2": 1, "c3": 2, "c4": 4}
-    assert cifar.out_channels == {"stem": 16, "c2": 16, "c3": 32, "c4": 64}
+    assert cifar.output_shape() == {
+        "stem": ShapeSpec(16, 1), "c2": ShapeSpec(16, 1), "c3": ShapeSpec(32, 2), "c4": ShapeSpec(64, 4)
+    }
     with torch.no_grad():
         assert cifar.eval()(torch.randn(1, 3, 32, 32))["c4"].shape == (1, 64, 8, 8)
     with pytest.raises(BackboneError, match=r"cifar_r8: out_features \('c5',\) must be some of stem, c2, c3, c4"):
@@ -367,7 +373,7 @@ def test_split_res5_hands_layer4_to_the_head():
         features = backbone(x)
         assert list(features) == ["c4"] and torch.equal(res5(features["c4"]), c5)
     assert backbone.out_features == ("c4",)
-    assert backbone.strides == {"c4": 16} and backbone.out_channels == {"c4": 256}
+    assert backbone.output_shape() == {"c4": ShapeSpec(channels=256, stride=16)}
     assert not any(key.startswith("layer4.") for key in backbone.state_dict())
     assert all(p.requires_grad for p in res5.parameters())  # trained with the head (freeze_at=2)
 

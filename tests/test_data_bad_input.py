@@ -243,9 +243,8 @@ def test_policies_that_make_no_sense_are_refused():
         _policy(bad_boxes="fix")
     with pytest.raises(ConfigError, match="datasets.missing_image=ignore is not possible: use skip or stop"):
         _policy(missing_image="ignore")
-    cfg = detection_cfg("datasets.corrupt_image=fix")
-    with pytest.raises(ConfigError, match="datasets.corrupt_image=fix"):
-        BadRecordPolicy.from_config(cfg.datasets)
+    with pytest.raises(ConfigError, match="datasets.corrupt_image=fix"):  # when the config loads
+        detection_cfg("datasets.corrupt_image=fix")
 
 
 def test_reports_merge_and_keep_the_first_example():

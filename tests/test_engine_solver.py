@@ -7,6 +7,7 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
+from resnet_det.config import ClassificationConfig, DetectionConfig, load_config
 from resnet_det.config.defaults import ClsSolverConfig, SolverConfig
 from resnet_det.engine import solver as solver_module
 from resnet_det.engine.solver import build_lr_scheduler, build_optimizer, lr_factor, scaled_lr
@@ -15,6 +16,10 @@ from resnet_det.errors import ConfigError
 
 def _cfg(schema=SolverConfig, **overrides):
     return OmegaConf.merge(OmegaConf.structured(schema), overrides)
+
+
+def _loaded(schema, solver_overrides):
+    return load_config(schema, None, [f"solver.{key}={value}" for key, value in solver_overrides.items()])
 
 
 def _lrs(cfg, iterations):
@@ -102,9 +107,11 @@ def test_explicit_max_iter_and_steps_replace_the_config(caplog):
     ],
 )
 def test_bad_schedules_are_config_errors(overrides, message):
-    cfg = _cfg(**overrides)
-    with pytest.raises(ConfigError, match=message):
-        build_lr_scheduler(torch.optim.SGD(nn.Linear(1, 1).parameters(), lr=0.1), cfg)
+    with pytest.raises(ConfigError, match=message):  # when the config loads, before anything is built
+        _loaded(DetectionConfig, overrides)
+    if "warmup_method" not in overrides:  # a Literal: no SolverConfig holds another value
+        with pytest.raises(ConfigError, match=message):
+            build_lr_scheduler(torch.optim.SGD(nn.Linear(1, 1).parameters(), lr=0.1), SolverConfig(**overrides))
 
 
 def _stepped_lrs(scheduler, optimizer, observe, values):
@@ -206,6 +213,8 @@ def test_warmup_rule_state_mid_way_is_checkpointed():
     ],
 )
 def test_bad_rules_are_config_errors(overrides, message):
-    cfg = _cfg(ClsSolverConfig, **overrides)
-    with pytest.raises(ConfigError, match=message):
-        build_lr_scheduler(torch.optim.SGD(nn.Linear(1, 1).parameters(), lr=0.1), cfg)
+    with pytest.raises(ConfigError, match=message):  # when the config loads, before anything is built
+        _loaded(ClassificationConfig, overrides)
+    if "lr_policy" not in overrides or overrides["lr_policy"] != "cosine":  # a Literal otherwise
+        with pytest.raises(ConfigError, match=message):
+            build_lr_scheduler(torch.optim.SGD(nn.Linear(1, 1).parameters(), lr=0.1), ClsSolverConfig(**overrides))

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from backbones import build_backbone
+from backbones import ShapeSpec, build_backbone
 from backbones.norm import FrozenBatchNorm2d
 from resnet_det.config import DetectionConfig, load_config
 from resnet_det.errors import ConfigError
@@ -162,7 +162,7 @@ def test_c4_head_is_the_backbones_loaded_layer4(tmp_path):
     assert res5 and all(torch.equal(v, saved[f"layer4.{k}"]) for k, v in res5.items())
     assert all(torch.equal(v, saved[k]) for k, v in model.backbone.state_dict().items())
     assert not hasattr(model.backbone, "layer4")
-    assert model.roi_heads.box_predictor.cls_score.in_features == source.out_channels["c5"]
+    assert model.roi_heads.box_predictor.cls_score.in_features == source.output_shape()["c5"].channels
 
 
 def test_multiscale_roi_pool_pools_each_box_on_its_fpn_level():
@@ -197,3 +197,24 @@ def test_anchors_one_list_serves_both_heads():
 def test_bad_head_or_pooler_is_a_config_error(override, key):
     with pytest.raises(ConfigError, match=key):
         build_detector(tiny_cfg("c4", override), NUM_CLASSES)
+
+
+@pytest.mark.parametrize(
+    "head, shapes",
+    [
+        ("c4", {"c4": ShapeSpec(256, 16)}),
+        ("fpn", {f"p{level}": ShapeSpec(32, 2**level) for level in range(2, 7)}),
+    ],
+)
+def test_the_features_report_their_shapes_and_the_detector_reads_them(head, shapes):
+    model = tiny_model(head).eval()
+    assert model.backbone.output_shape() == shapes
+    # torchvision's FasterRCNN requires one int out_channels on what it receives: the RPN's input.
+    assert model.backbone.out_channels == next(iter(shapes.values())).channels
+    with torch.no_grad():
+        features = model.backbone(torch.randn(1, 3, 128, 128))
+    assert {name: (f.shape[1], 128 // f.shape[-1]) for name, f in features.items()} == {
+        name: (shape.channels, shape.stride) for name, shape in shapes.items()
+    }
+    pooled = [name for name in shapes if name != "p6"]
+    assert model.roi_heads.box_roi_pool.scales == [1 / shapes[name].stride for name in pooled]

@@ -76,32 +76,32 @@ def test_rejects_float_or_non_rgb_images(bad):
 
 def test_config_overrides_only_the_fields_it_sets():
     weights = InputFormat(channel_order="RGB", pixel_mean=MEAN, pixel_std=STD)
-    cfg = load_config(DetectionConfig, None, ["model.input.channel_order=BGR", "model.input.pixel_std=[1, 1, 1]"])
-    fmt = resolve_input_format(weights, cfg.model.input)
+    cfg = load_config(DetectionConfig, None, ["model.input_format.channel_order=BGR", "model.input_format.pixel_std=[1, 1, 1]"])
+    fmt = resolve_input_format(weights, cfg.model.input_format)
     assert fmt.channel_order == "BGR" and list(fmt.pixel_mean) == list(MEAN) and list(fmt.pixel_std) == [1, 1, 1]
-    assert resolve_input_format(weights, load_config(DetectionConfig).model.input) == weights
+    assert resolve_input_format(weights, load_config(DetectionConfig).model.input_format) == weights
 
 
 @pytest.mark.parametrize(
     "override, key",
     [
-        ("model.input.channel_order=rgb", "channel_order"),
-        ("model.input.pixel_mean=[1, 2]", "pixel_mean"),
-        ("model.input.pixel_std=[1, 0, 1]", "pixel_std"),
+        ("model.input_format.channel_order=rgb", "channel_order"),
+        ("model.input_format.pixel_mean=[1, 2]", "pixel_mean"),
+        ("model.input_format.pixel_std=[1, 0, 1]", "pixel_std"),
     ],
 )
 def test_bad_input_format_is_a_config_error(override, key):
     weights = InputFormat(channel_order="RGB", pixel_mean=MEAN, pixel_std=STD)
-    with pytest.raises(ConfigError, match=f"model.input.{key}"):
-        resolve_input_format(weights, load_config(DetectionConfig, None, [override]).model.input)
+    with pytest.raises(ConfigError, match=f"model.input_format.{key}"):
+        resolve_input_format(weights, load_config(DetectionConfig, None, [override]).model.input_format)
 
 
 def test_detector_feeds_the_backbone_bgr_normalised_images():
     overrides = [
         "model.backbone.name=r18",
-        "model.input.channel_order=BGR",
-        f"model.input.pixel_mean={list(MEAN)}",
-        f"model.input.pixel_std={list(STD)}",
+        "model.input_format.channel_order=BGR",
+        f"model.input_format.pixel_mean={list(MEAN)}",
+        f"model.input_format.pixel_std={list(STD)}",
         "model.rpn.post_nms_topk_test=10",
     ]
     model = build_detector(load_config(DetectionConfig, None, overrides), 1).eval()

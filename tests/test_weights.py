@@ -3,9 +3,12 @@
 
 import importlib.util
 import logging
+import os
 import pickle
 import random
 import re
+import subprocess
+import sys
 import urllib.error
 from pathlib import Path
 
@@ -321,8 +324,16 @@ def test_checkpoint_of_another_arch_is_refused(classification_checkpoint):
         load_weights(build_model("cifar_r14"), path)
 
 
+@pytest.fixture
+def detection_layer():
+    """Detection checkpoints are read as backbone weights by resnet_det.modeling, which registers
+    the ``detection`` checkpoint kind; backbones itself does not know where a detector keeps its
+    backbone."""
+    import resnet_det.modeling.backbone_weights  # noqa: F401
+
+
 @pytest.mark.parametrize("layout", ["c4", "fpn", "torchvision"])
-def test_detection_checkpoint_gives_its_backbone(tmp_path, torchvision_r18, layout):
+def test_detection_checkpoint_gives_its_backbone(tmp_path, torchvision_r18, layout, detection_layer):
     reference, _ = torchvision_r18
     body = {key: value for key, value in reference.state_dict().items() if not key.startswith("fc.")}
     if layout == "c4":  # res5 runs in the box head
@@ -344,12 +355,35 @@ def test_detection_checkpoint_gives_its_backbone(tmp_path, torchvision_r18, layo
         assert_same_features(backbone.eval()(x), create_feature_extractor(reference, STAGES)(x))
 
 
-def test_detection_checkpoint_without_backbone(tmp_path):
+def test_detection_checkpoint_without_backbone(tmp_path, detection_layer):
     path = tmp_path / "detector.pth"
     torch.save({"model": {"rpn.head.conv.weight": torch.zeros(1)}, "meta": {"kind": "detection"}}, path)
     expected = r"detector.pth: a detection checkpoint without backbone weights \(no conv1.weight under backbone.body., "
     with pytest.raises(BackboneError, match=expected):
         build_backbone("cifar_r8", weights=path)
+
+
+def test_backbones_alone_know_no_detector_layout(tmp_path):
+    # The detector's key prefixes live in the detection layer: not one of them in backbones/.
+    for module in Path(__file__).resolve().parents[1].joinpath("backbones").glob("*.py"):
+        text = module.read_text()
+        assert "backbone.body." not in text and "roi_heads.box_head" not in text, module
+    # Without the detection layer, a detection checkpoint is a kind backbones cannot read, and
+    # the message says what reads it.
+    path = tmp_path / "detector.pth"
+    torch.save({"model": {"backbone.conv1.weight": torch.zeros(1)}, "meta": {"kind": "detection"}}, path)
+    script = (
+        "import sys; from backbones import BackboneError, build_backbone\n"
+        "try:\n    build_backbone('cifar_r8', weights=sys.argv[1])\n"
+        "except BackboneError as e:\n    print(e)\n"
+        "assert not any(name.startswith('resnet_det') for name in sys.modules)\n"
+    )
+    root = Path(__file__).resolve().parents[1]
+    run = subprocess.run([sys.executable, "-c", script, str(path)], capture_output=True, text=True, cwd=root,
+                         env={**os.environ, "PYTHONPATH": str(root)}, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert "meta.kind is 'detection'; a checkpoint of ours says 'classification'" in run.stdout
+    assert "read once resnet_det.modeling is imported" in run.stdout
 
 
 # --- ImageNet through the torch.hub cache --------------------------------------------------------------------

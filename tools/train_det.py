@@ -21,6 +21,8 @@ from pathlib import Path
 from backbones.serialization import trust_checkpoints
 from resnet_det.cli import add_training_args, main_guard, training_overrides
 from resnet_det.config import DetectionConfig, load_config
+# Imported before the config loads: it registers the heads and metrics that load_config checks.
+from resnet_det.engine.train_detection import train_detector
 from resnet_det.errors import ConfigError
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -73,8 +75,6 @@ def main(argv=None):
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
     cfg = build_config(args)
-    from resnet_det.engine.train_detection import train_detector
-
     with trust_checkpoints(args.trust_checkpoint):
         train_detector(cfg, resume=args.resume, force_unlock=args.force_unlock)
 

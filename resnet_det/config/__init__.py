@@ -2,7 +2,9 @@
 
 A recipe may name ``_base_: other.yaml`` (a path relative to itself, or a list of them); bases are
 merged first, then the file, then ``key=value`` overrides from the command line. Unknown keys,
-wrong types and missing files are ``ConfigError``s naming the file, the key and close matches.
+wrong types and missing files are ``ConfigError``s naming the file, the key and close matches; a
+value outside a ``Literal``'s choices names them; a renamed key names its new name. Then
+``validate.validate_config`` checks what types cannot, before anything is built.
 """
 
 import difflib
@@ -12,10 +14,11 @@ from pathlib import Path
 from typing import Iterable, Optional, Sequence, Type
 
 import yaml
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, LiteralNode, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from resnet_det.config.defaults import ClassificationConfig, DetectionConfig
+from resnet_det.config.validate import validate_config
 from resnet_det.errors import ConfigError
 
 __all__ = [
@@ -28,6 +31,8 @@ __all__ = [
 ]
 
 BASE_KEY = "_base_"
+# Keys that were renamed: the old name in a user's config is an error that names the new one.
+RENAMED = {"model.input": "model.input_format"}
 
 
 def _read_yaml(path: Path, chain: Sequence[Path] = ()) -> dict:
@@ -74,11 +79,39 @@ def _all_keys(cfg, prefix: str = "") -> Iterable[str]:
             yield from _all_keys(v, full + ".")
 
 
+def _literal_choices(cfg: DictConfig, key: str) -> Optional[list]:
+    """The choices of ``key`` when the schema types it as a ``Literal``, else None."""
+    node = cfg
+    for part in key.split("."):
+        if not isinstance(node, DictConfig) or part not in node.keys():
+            return None
+        node = node._get_node(part)
+    return [choice for choice in node.ref_type.__args__ if choice is not None] if isinstance(node, LiteralNode) else None
+
+
+def _refuse_renamed(source: str, key: str) -> None:
+    for old, new in RENAMED.items():
+        if key == old or key.startswith(f"{old}."):
+            raise ConfigError(f"{source}: key '{key}' was renamed: use {new}{key[len(old):]}")
+
+
+def _dotted_keys(data: dict, prefix: str = "") -> Iterable[str]:
+    for key, value in data.items():
+        yield f"{prefix}{key}"
+        if isinstance(value, dict):
+            yield from _dotted_keys(value, f"{prefix}{key}.")
+
+
 def _merge_checked(schema: DictConfig, data, source: str) -> DictConfig:
+    for key in _dotted_keys(data):
+        _refuse_renamed(source, key)
     try:
         return OmegaConf.merge(schema, data)
     except OmegaConfBaseException as e:
         key = getattr(e, "full_key", None) or ""
+        choices = _literal_choices(schema, key)
+        if choices is not None:
+            raise ConfigError(f"{source}: {key}={e.value!r}: use one of {', '.join(map(str, choices))}") from None
         msg = str(e).splitlines()[0]
         hint = _close_matches(schema, key) if "not in" in msg or "Key" in msg else ""
         raise ConfigError(f"{source}: key '{key}': {msg}{hint}") from None
@@ -110,6 +143,7 @@ def apply_overrides(cfg: DictConfig, overrides: Sequence[str], source: str = "co
         if "=" not in item:
             raise ConfigError(f"{source}: override '{item}' is not key=value (e.g. solver.base_lr=0.01)")
         key, value = item.split("=", 1)
+        _refuse_renamed(source, key)
         if not _key_exists(cfg, key) and not _under_free_mapping(cfg, key):
             raise ConfigError(f"{source}: config key '{key}' does not exist{_close_matches(cfg, key)}")
         try:
@@ -122,6 +156,9 @@ def apply_overrides(cfg: DictConfig, overrides: Sequence[str], source: str = "co
         try:
             cfg = OmegaConf.merge(cfg, nested)
         except OmegaConfBaseException as e:
+            choices = _literal_choices(cfg, key)
+            if choices is not None:
+                raise ConfigError(f"{source}: {key}={parsed!r}: use one of {', '.join(map(str, choices))}") from None
             raise ConfigError(f"{source}: {key}={value}: {str(e).splitlines()[0]}") from None
     return cfg
 
@@ -131,7 +168,7 @@ def load_config(
     path: Optional[os.PathLike] = None,
     overrides: Sequence[str] = (),
 ) -> DictConfig:
-    """Defaults of ``schema``, then the YAML at ``path`` (with its bases), then overrides."""
+    """Defaults of ``schema``, then the YAML at ``path`` (with its bases), then overrides; validated."""
     cfg = OmegaConf.structured(schema)
     if path is not None:
         cfg = _merge_checked(cfg, _read_yaml(Path(path).resolve()), str(path))
@@ -139,6 +176,7 @@ def load_config(
     missing = sorted(OmegaConf.missing_keys(cfg))
     if missing:
         raise ConfigError(f"{path or 'config'}: required key(s) not set: {', '.join(missing)}")
+    validate_config(cfg)
     return cfg
 
 

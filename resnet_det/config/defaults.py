@@ -2,11 +2,23 @@
 
 A YAML recipe in ``configs/`` states only what differs from these defaults (through ``_base_``
 inheritance); ``load_config`` merges it onto the schema, so a misspelt key or a value of the wrong
-type is an error naming the key, not a silently ignored line.
+type is an error naming the key, not a silently ignored line. Fixed choices are ``Literal`` types,
+which the merge checks; choices that users extend by registering (``model.head``, ``test.metric``)
+are strings checked against their registry, and the rules that tie keys together are checked, by
+``resnet_det.config.validate`` when ``load_config`` returns.
 """
 
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional
+from typing import Dict, List, Literal, Optional
+
+Norm = Literal["bn", "frozen_bn", "gn", "syncbn"]
+Shortcut = Literal["A", "B", "C"]
+# What to do with a bad record: fix (and count), skip (and count), or stop; which ones each kind
+# allows is checked by resnet_det.data.sanitize.BadRecordPolicy.
+BadRecordAction = Literal["fix", "skip", "stop"]
+WarmupMethod = Literal["linear", "constant"]
+NonfiniteLoss = Literal["stop", "skip"]
+LrPolicy = Literal["steps", "plateau"]
 
 
 @dataclass
@@ -15,9 +27,9 @@ class BackboneConfig:
     # "imagenet" (torchvision's weights through the torch.hub cache), a .pth state dict, an MSRA
     # .pkl, or a checkpoint of tools/train_cls.py; null = random initialisation.
     weights: Optional[str] = None
-    norm: str = "frozen_bn"  # bn | frozen_bn | gn | syncbn
+    norm: Norm = "frozen_bn"
     freeze_at: int = 2  # 0 = train all; 1 = freeze the stem; k = stem and res2..res<k>
-    shortcut: Optional[str] = None  # A | B | C; null = the model's default (B ImageNet, A CIFAR)
+    shortcut: Optional[Shortcut] = None  # null = the model's default (B ImageNet, A CIFAR)
     # null = follow the weights (True for MSRA .pkl, False for torchvision), else True (the paper's).
     stride_in_1x1: Optional[bool] = None
 
@@ -26,7 +38,7 @@ class BackboneConfig:
 class InputFormatConfig:
     """How images are normalised; null values follow what the loaded weights record."""
 
-    channel_order: Optional[str] = None  # RGB | BGR
+    channel_order: Optional[Literal["RGB", "BGR"]] = None
     pixel_mean: Optional[List[float]] = None  # 0..255 scale, in channel_order
     pixel_std: Optional[List[float]] = None
 
@@ -53,7 +65,7 @@ class RPNConfig:
 
 @dataclass
 class RoIHeadsConfig:
-    pooler: str = "roi_align"  # roi_align | roi_pool (the paper's)
+    pooler: Literal["roi_align", "roi_pool"] = "roi_align"  # roi_pool: the paper's
     pooler_resolution: int = 14  # C4: 14 then res5 strides to 7; FPN: 7
     sampling_ratio: int = 0
     batch_size_per_image: int = 512
@@ -68,9 +80,9 @@ class RoIHeadsConfig:
 
 @dataclass
 class ModelConfig:
-    head: str = "c4"  # c4 (the paper's design) | fpn
+    head: str = "c4"  # a registered head (resnet_det.modeling.HEADS): c4 (the paper's design), fpn, or a user's
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
-    input: InputFormatConfig = field(default_factory=InputFormatConfig)
+    input_format: InputFormatConfig = field(default_factory=InputFormatConfig)
     anchors: AnchorConfig = field(default_factory=AnchorConfig)
     rpn: RPNConfig = field(default_factory=RPNConfig)
     roi_heads: RoIHeadsConfig = field(default_factory=RoIHeadsConfig)
@@ -94,11 +106,11 @@ class DatasetsConfig:
     # Extra COCO-format datasets registered by name, usable in train/test: no code needed.
     custom: Dict[str, CustomDatasetConfig] = field(default_factory=dict)
     # What to do with each kind of bad record: fix (and count), skip (and count), or stop.
-    bad_boxes: str = "skip"  # zero/negative size or non-finite boxes
-    boxes_outside: str = "fix"  # clipped to the image
-    unknown_category: str = "stop"
-    missing_image: str = "stop"
-    corrupt_image: str = "stop"
+    bad_boxes: BadRecordAction = "skip"  # zero/negative size or non-finite boxes
+    boxes_outside: BadRecordAction = "fix"  # clipped to the image
+    unknown_category: BadRecordAction = "stop"
+    missing_image: BadRecordAction = "stop"
+    corrupt_image: BadRecordAction = "stop"
     use_difficult: bool = False  # VOC: train on `difficult` objects too
 
 
@@ -140,9 +152,10 @@ class SolverConfig:
     gamma: float = 0.1
     warmup_iters: int = 1000
     warmup_factor: float = 0.001
-    warmup_method: str = "linear"  # linear (ramp from warmup_factor) | constant (the paper's CIFAR-110 warm-up)
+    # linear (ramp from warmup_factor) | constant (the paper's CIFAR-110 warm-up)
+    warmup_method: WarmupMethod = "linear"
     clip_grad_norm: Optional[float] = None
-    nonfinite_loss: str = "stop"  # stop | skip (drop that step and go on)
+    nonfinite_loss: NonfiniteLoss = "stop"  # skip: drop that step and go on
 
 
 @dataclass
@@ -171,7 +184,7 @@ class DetTrainConfig(TrainConfig):
 @dataclass
 class TestConfig:
     batch_size: int = 2
-    metric: Optional[str] = None  # coco | voc07 | voc10; null = by dataset
+    metric: Optional[str] = None  # a registered metric (resnet_det.evaluation.METRICS): coco | voc07 | voc10; null = by dataset
     fold_frozen_bn: bool = True  # fast path: fold frozen BN into the convolutions for inference
     compile_backbone: Optional[str] = None  # fast path: a torch.compile backend (e.g. inductor); null = eager
 
@@ -191,10 +204,10 @@ class DetectionConfig:
 class ClsModelConfig:
     name: str = "cifar_r20"
     num_classes: Optional[int] = None  # null = from the dataset
-    shortcut: Optional[str] = None
+    shortcut: Optional[Shortcut] = None
     stride_in_1x1: Optional[bool] = None
     zero_init_residual: bool = False
-    norm: str = "bn"
+    norm: Norm = "bn"
     weights: Optional[str] = None  # start from these weights (same forms as the detector's)
 
 
@@ -235,14 +248,14 @@ class ClsSolverConfig(SolverConfig):
     steps: List[int] = field(default_factory=lambda: [32000, 48000])
     warmup_iters: int = 0
     warmup_factor: float = 0.1  # with warmup_until_error=80: the paper's 0.01 warm-up (110+ layers)
-    warmup_method: str = "constant"
+    warmup_method: WarmupMethod = "constant"
     # The paper's ResNet-110 rule: lr * warmup_factor until the running training top-1 error
     # (percent, over the last iterations) is below this; null = warm up for warmup_iters instead.
     warmup_until_error: Optional[float] = None
     # steps: divide by gamma at solver.steps. plateau (the paper's ImageNet rule): divide by gamma
     # when the validation top-1 error (computed every train.eval_period iterations) has not
     # improved by plateau_threshold points for plateau_patience evaluations in a row.
-    lr_policy: str = "steps"
+    lr_policy: LrPolicy = "steps"
     plateau_patience: int = 5
     plateau_threshold: float = 0.1
     # Count in epochs instead (ImageNet recipe): when set, max_iter and steps are derived from

@@ -17,8 +17,9 @@ skipped is in ``metadata["sanitize_counts"]`` (a ``SanitizeReport``: a dict of c
 
 import os
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple
 
+from backbones import Registry
 from resnet_det.data.coco import load_coco_json
 from resnet_det.data.sanitize import BadRecordPolicy, RecordSanitizer
 from resnet_det.data.shapes import DETECTION_IMAGES, ensure_shapes_detection
@@ -30,7 +31,10 @@ DATASETS_ENV = "RESNET_DET_DATASETS"
 # loader_fn(root, sanitizer) -> (records, metadata read from the files, e.g. class_names).
 LoaderFn = Callable[[Path, RecordSanitizer], Tuple[List[dict], dict]]
 
-_REGISTRY: Dict[str, Tuple[LoaderFn, dict]] = {}
+# name -> (loader_fn, metadata given at registration).
+DATASETS: Registry[Tuple[LoaderFn, dict]] = Registry(
+    "dataset", DatasetError, hint="add your own COCO-format data under datasets.custom in the config"
+)
 
 
 def dataset_root(root: Optional[os.PathLike] = None) -> Path:
@@ -39,30 +43,23 @@ def dataset_root(root: Optional[os.PathLike] = None) -> Path:
 
 
 def register_dataset(name: str, loader_fn: LoaderFn, **metadata) -> None:
-    """Register ``loader_fn(root, sanitizer) -> (records, metadata)`` under ``name``.
+    """Register ``loader_fn(root, sanitizer) -> (records, metadata)`` under ``name`` (in ``DATASETS``).
 
     ``metadata`` given here (e.g. ``evaluator="voc"``) is merged over what the loader returns.
     The loader should call ``sanitizer.unknown_category`` for boxes of categories it cannot map;
     everything else (ids, files, boxes) is checked on its records afterwards.
     """
-    if name in _REGISTRY:
-        raise DatasetError(f"dataset name '{name}' is already registered; choose another name")
-    _REGISTRY[name] = (loader_fn, metadata)
+    DATASETS.register(name, (loader_fn, metadata))
 
 
 def list_datasets() -> List[str]:
-    return sorted(_REGISTRY)
+    return DATASETS.names()
 
 
 def get_dataset(name: str, root: Optional[os.PathLike] = None, policy=None) -> Tuple[List[dict], dict]:
     """Read dataset ``name`` under the data root; bad records are handled by ``policy``: a
     ``BadRecordPolicy``, or ``cfg.datasets`` itself; None = the schema's defaults."""
-    if name not in _REGISTRY:
-        raise DatasetError(
-            f"unknown dataset '{name}'; known: {', '.join(list_datasets())} "
-            "(add your own COCO-format data under datasets.custom in the config)"
-        )
-    loader_fn, registered = _REGISTRY[name]
+    loader_fn, registered = DATASETS.get(name)
     if policy is None:
         policy = BadRecordPolicy.default()
     elif not isinstance(policy, BadRecordPolicy):
@@ -107,7 +104,7 @@ def register_coco_instances(name: str, images_dir: os.PathLike, annotations_json
     """
     images_dir, annotations_json = Path(images_dir).resolve(), Path(annotations_json).resolve()
     files = {"annotations_file": str(annotations_json), "images_dir": str(images_dir)}
-    if name in _REGISTRY and all(_REGISTRY[name][1].get(k) == v for k, v in files.items()):
+    if name in DATASETS and all(DATASETS.get(name)[1].get(k) == v for k, v in files.items()):
         return
 
     def load(root: Path, sanitizer: RecordSanitizer):

@@ -19,22 +19,14 @@ from collections import Counter
 from typing import Dict, List, Optional, Sequence
 
 from resnet_det.config.defaults import DatasetsConfig
-from resnet_det.errors import ConfigError, DatasetError
+from resnet_det.config.validate import BAD_RECORD_CHOICES, check_bad_record_action
+from resnet_det.errors import DatasetError
 
 FIX, SKIP, STOP = "fix", "skip", "stop"
 
 # Pixels by which a box may overshoot its image without counting as outside: the rounding noise of
 # [x, y, w, h] written with a few decimals (x + w can exceed the width by 0.01). Clipped silently.
 _ROUNDING_TOLERANCE = 0.02
-
-# Which actions make sense for each kind of problem, and why "fix" does not where it is refused.
-_CHOICES = {
-    "bad_boxes": ((SKIP, STOP), "a box without area or with a non-finite coordinate cannot be repaired"),
-    "boxes_outside": ((FIX, SKIP, STOP), ""),
-    "unknown_category": ((SKIP, STOP), "there is no class to give the box"),
-    "missing_image": ((SKIP, STOP), "there is no image to train on"),
-    "corrupt_image": ((SKIP, STOP), "an undecodable image cannot be repaired"),
-}
 
 # How each kind reads in a summary line.
 _DESCRIPTIONS = {
@@ -57,11 +49,8 @@ class BadRecordPolicy:
     corrupt_image: str
 
     def __post_init__(self):
-        for kind, (choices, why_not) in _CHOICES.items():
-            value = getattr(self, kind)
-            if value not in choices:
-                reason = f"{why_not}; " if value == FIX and why_not else ""
-                raise ConfigError(f"datasets.{kind}={value} is not possible: {reason}use {' or '.join(choices)}")
+        for kind in BAD_RECORD_CHOICES:
+            check_bad_record_action(kind, getattr(self, kind))
 
     @classmethod
     def from_config(cls, datasets_cfg) -> "BadRecordPolicy":
@@ -131,7 +120,7 @@ class RecordSanitizer:
 
     def _bad(self, kind: str, action: str, message: str, fix_hint: str) -> None:
         if getattr(self.policy, kind) == STOP:
-            raise DatasetError(f"{message}; {fix_hint}, or set datasets.{kind}={_CHOICES[kind][0][0]}")
+            raise DatasetError(f"{message}; {fix_hint}, or set datasets.{kind}={BAD_RECORD_CHOICES[kind][0][0]}")
         self.report.add(kind, action, message)
 
     def unknown_category(self, where: str, category) -> None:

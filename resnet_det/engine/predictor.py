@@ -23,6 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from resnet_det.config import DetectionConfig, apply_overrides, load_config
+from resnet_det.config.validate import validate_config
 from resnet_det.data.transforms import resize_shortest_edge
 from resnet_det.engine.checkpoint import FINAL_CHECKPOINT, Checkpointer
 from resnet_det.errors import CheckpointError, ConfigError
@@ -88,7 +89,9 @@ def _stored_config(state: Dict, weights: Path, run: Path, overrides) -> DictConf
             f"the config stored in {weights} does not fit this version ({str(e).splitlines()[0]}): "
             "give --config FILE --weights CHECKPOINT instead of --run"
         ) from None
-    return apply_overrides(cfg, overrides)
+    cfg = apply_overrides(cfg, overrides)
+    validate_config(cfg)
+    return cfg
 
 
 def _check_fits(meta: Dict, cfg: DictConfig, path: Path) -> None:
@@ -123,7 +126,7 @@ def load_detector(
     # The detector's own weights replace any backbone initialisation: do not fetch ImageNet ones;
     # the normalisation those weights were trained with comes from the checkpoint.
     fmt = meta.get("input_format") or {}
-    recorded = [f"model.input.{k}={json.dumps(fmt[k])}" for k in ("channel_order", "pixel_mean", "pixel_std") if k in fmt]
+    recorded = [f"model.input_format.{k}={json.dumps(fmt[k])}" for k in ("channel_order", "pixel_mean", "pixel_std") if k in fmt]
     recorded = [*recorded, *overrides, "model.backbone.weights=null"]
     if config is None and state.get("config"):
         cfg = _stored_config(state, weights, Path(run), recorded)

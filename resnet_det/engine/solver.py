@@ -23,14 +23,13 @@ import torch
 from torch import nn
 from torch.optim.lr_scheduler import LRScheduler
 
+from resnet_det.config.validate import check_batch_and_lr, check_schedule
 from resnet_det.errors import ConfigError
 
 __all__ = ["scaled_lr", "build_optimizer", "build_lr_scheduler", "lr_factor", "WarmupDecayLR"]
 
 logger = logging.getLogger(__name__)
 
-WARMUP_METHODS = ("linear", "constant")
-LR_POLICIES = ("steps", "plateau")
 # The warm-up-until-error rule compares the mean training error of this many iterations: one
 # batch of 128 CIFAR images would end it on a lucky draw.
 TRAIN_ERROR_WINDOW = 20
@@ -45,11 +44,7 @@ def scaled_lr(solver_cfg) -> float:
     128 for CIFAR-10), so a run with ``solver.batch_size`` images uses
     ``base_lr * batch_size / reference_batch_size``.
     """
-    for key in ("batch_size", "reference_batch_size"):
-        if getattr(solver_cfg, key) < 1:
-            raise ConfigError(f"solver.{key}={getattr(solver_cfg, key)}: must be a positive number of images")
-    if not solver_cfg.base_lr > 0:
-        raise ConfigError(f"solver.base_lr={solver_cfg.base_lr}: must be positive")
+    check_batch_and_lr(solver_cfg)
     return solver_cfg.base_lr * solver_cfg.batch_size / solver_cfg.reference_batch_size
 
 
@@ -204,41 +199,13 @@ def build_lr_scheduler(
     ``max_iter`` and ``steps`` replace ``solver.max_iter`` and ``solver.steps`` when a recipe
     derives them (e.g. from epochs); steps at or beyond ``max_iter`` are never reached and are
     reported. ``lr_policy``, ``plateau_*`` and ``warmup_until_error`` exist in the classification
-    schema only; the detection one has fixed steps and warm-up.
+    schema only; the detection one has fixed steps and warm-up. The rules are those that
+    ``load_config`` checked (``config.validate.check_schedule``), checked again on derived steps.
     """
     max_iter = solver_cfg.max_iter if max_iter is None else max_iter
     steps = list(solver_cfg.steps if steps is None else steps)
-    method = solver_cfg.warmup_method
+    check_schedule(solver_cfg, steps)
     policy = getattr(solver_cfg, "lr_policy", "steps")
-    until_error = getattr(solver_cfg, "warmup_until_error", None)
-    patience = getattr(solver_cfg, "plateau_patience", 1)
-    threshold = getattr(solver_cfg, "plateau_threshold", 0.0)
-    if method not in WARMUP_METHODS:
-        raise ConfigError(f"solver.warmup_method={method!r}: use one of {', '.join(WARMUP_METHODS)}")
-    if policy not in LR_POLICIES:
-        raise ConfigError(f"solver.lr_policy={policy!r}: use one of {', '.join(LR_POLICIES)}")
-    if steps != sorted(steps) or any(s < 0 for s in steps):
-        raise ConfigError(f"solver.steps={steps}: list the iterations in increasing order")
-    if solver_cfg.warmup_iters < 0 or not 0 < solver_cfg.warmup_factor <= 1:
-        raise ConfigError(
-            f"solver.warmup_iters={solver_cfg.warmup_iters}, solver.warmup_factor={solver_cfg.warmup_factor}: "
-            "use warmup_iters >= 0 and 0 < warmup_factor <= 1"
-        )
-    if policy == "plateau" and steps:
-        raise ConfigError(f"solver.lr_policy=plateau decides the lr drops itself: set solver.steps=[] (not {steps})")
-    if patience < 1 or threshold < 0:
-        raise ConfigError(
-            f"solver.plateau_patience={patience}, solver.plateau_threshold={threshold}: "
-            "use a patience of at least 1 evaluation and a threshold >= 0"
-        )
-    if until_error is not None:
-        if not 0 < until_error <= 100:
-            raise ConfigError(f"solver.warmup_until_error={until_error}: give a training error in percent, in (0, 100]")
-        if solver_cfg.warmup_iters or method != "constant":
-            raise ConfigError(
-                "solver.warmup_until_error replaces a warm-up of fixed length: set solver.warmup_iters=0 and "
-                f"solver.warmup_method=constant (not {solver_cfg.warmup_iters} and {method})"
-            )
     unreached = [s for s in steps if s >= max_iter]
     if unreached:
         logger.warning("solver.steps %s are not before max_iter=%d: the lr never drops there", unreached, max_iter)
@@ -248,9 +215,9 @@ def build_lr_scheduler(
         gamma=solver_cfg.gamma,
         warmup_iters=solver_cfg.warmup_iters,
         warmup_factor=solver_cfg.warmup_factor,
-        warmup_method=method,
-        warmup_until_error=until_error,
+        warmup_method=solver_cfg.warmup_method,
+        warmup_until_error=getattr(solver_cfg, "warmup_until_error", None),
         policy=policy,
-        patience=patience,
-        threshold=threshold,
+        patience=getattr(solver_cfg, "plateau_patience", 1),
+        threshold=getattr(solver_cfg, "plateau_threshold", 0.0),
     )

@@ -32,6 +32,7 @@ import torch.distributed as torch_dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from resnet_det.config.validate import check_trainer_settings
 from resnet_det.engine.checkpoint import (
     FINAL_CHECKPOINT,
     Checkpointer,
@@ -51,7 +52,6 @@ logger = logging.getLogger(__name__)
 StepFn = Callable[[nn.Module, Any], Tuple[Mapping[str, torch.Tensor], Mapping[str, float]]]
 EvalFn = Callable[[nn.Module, int], Optional[Mapping[str, float]]]
 
-NONFINITE_POLICIES = ("stop", "skip")
 _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)
 # The exit status after SIGTERM or SIGUSR1 (a scheduler's preemption or time-limit warning):
 # EX_TEMPFAIL of sysexits.h, "try again later". The checkpoint is saved, so running the same
@@ -204,16 +204,7 @@ class Trainer:
         progress: bool = True,
         channels_last: bool = False,
     ):
-        if nonfinite_loss not in NONFINITE_POLICIES:
-            raise ConfigError(f"solver.nonfinite_loss={nonfinite_loss!r}: use one of {', '.join(NONFINITE_POLICIES)}")
-        for key, value, least in (
-            ("solver.max_iter", max_iter, 1),
-            ("train.checkpoint_period", checkpoint_period, 1),
-            ("train.log_period", log_period, 1),
-            ("train.eval_period", eval_period, 0),
-        ):
-            if value < least:
-                raise ConfigError(f"{key}={value}: must be at least {least}")
+        check_trainer_settings(max_iter, checkpoint_period, log_period, eval_period, nonfinite_loss)
         self.dist = dist if dist is not None else DistInfo(device=device or torch.device("cpu"))
         self.device = device if device is not None else self.dist.device
         self.max_iter = max_iter

@@ -6,17 +6,31 @@ The report is plain data (JSON-ready): ``metric``, ``dataset``, ``checkpoint``, 
 plus ``mAP`` for the VOC metrics), ``per_class`` rows, ``cocoeval_summary`` (the lines pycocotools
 printed) and ``pr_curves`` (drawn by ``report.write_report``, not stored: ``detections.json``
 recomputes them). Numbers are fractions in 0..1.
+
+Metrics are a registry (``METRICS``): ``coco``, ``voc07`` and ``voc10`` are built in, and a user's
+metric, registered under a new name, is chosen with ``test.metric`` or ``tools/eval.py --metric``:
+
+    @METRICS.register("my_metric")
+    def my_metric(detections, records, metadata, image_ids) -> dict: ...  # summary, per_class, ...
 """
 
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Dict, Mapping, Optional, Sequence
+from typing import Callable, Dict, Mapping, Optional, Sequence, Set
 
+from backbones import Registry
+from resnet_det.config.validate import register_choices
 from resnet_det.errors import EvaluationError
 from resnet_det.evaluation.coco import check_detections, coco_gt_from_records, evaluate_coco, load_coco_gt
 from resnet_det.evaluation.voc import evaluate_voc
 
-METRICS = ("coco", "voc07", "voc10")
+# fn(detections, records, metadata, image_ids) -> the report's parts (summary, per_class, ...).
+MetricFn = Callable[[Sequence[Mapping], Sequence[Mapping], Mapping, Set[int]], Dict]
+METRICS: Registry[MetricFn] = Registry(
+    "metric", EvaluationError, listing="choose one of",
+    hint="register yours with resnet_det.evaluation.METRICS.register(name)",
+)
+register_choices("test.metric", METRICS)
 
 
 def default_metric(metadata: Mapping) -> str:
@@ -54,25 +68,47 @@ def evaluate_detections(
     error messages.
     """
     metric = metric or default_metric(metadata)
-    if metric not in METRICS:
-        raise EvaluationError(f"unknown metric '{metric}': choose one of {', '.join(METRICS)}")
+    score = METRICS.get(metric)
     name = metadata["name"]
     if not any(rec["annotations"] for rec in records):
         raise EvaluationError(f"dataset {name} has no annotated objects: there is nothing to evaluate against")
-    class_names = list(metadata["class_names"])
-    label_to_category_id = {int(k): int(v) for k, v in metadata["label_to_category_id"].items()}
     image_ids = {rec["image_id"] for rec in records}
-    if metric == "coco" and metadata.get("annotations_file"):
+    check_detections(detections, image_ids, set(_label_to_category_id(metadata).values()), source)
+    parts = score(detections, records, metadata, image_ids)
+    return _report(metric, name, len(image_ids), len(detections), parts)
+
+
+def _label_to_category_id(metadata: Mapping) -> Dict[int, int]:
+    return {int(k): int(v) for k, v in metadata["label_to_category_id"].items()}
+
+
+def _coco_parts(detections, records, metadata, image_ids, official: bool) -> Dict:
+    """COCO-style numbers; from the dataset's own annotations file where it has one and
+    ``official``, else from its records."""
+    if official and metadata.get("annotations_file"):
         coco_gt = load_coco_gt(Path(metadata["annotations_file"]))
     else:
-        coco_gt = coco_gt_from_records(records, class_names, label_to_category_id)
-    check_detections(detections, image_ids, set(label_to_category_id.values()), source)
-    parts = evaluate_coco(coco_gt, detections, img_ids=image_ids)
-    if metric != "coco":
-        voc = evaluate_voc(records, detections, class_names, label_to_category_id, use_07_metric=metric == "voc07")
-        summary = {**voc["summary"], **parts["summary"]}
-        parts = {**voc, "summary": summary, "cocoeval_summary": parts["cocoeval_summary"]}
-    return _report(metric, name, len(image_ids), len(detections), parts)
+        coco_gt = coco_gt_from_records(records, list(metadata["class_names"]), _label_to_category_id(metadata))
+    return evaluate_coco(coco_gt, detections, img_ids=image_ids)
+
+
+@METRICS.register("coco")
+def coco_metric(detections, records, metadata, image_ids) -> Dict:
+    return _coco_parts(detections, records, metadata, image_ids, official=True)
+
+
+def _voc_metric(use_07_metric: bool) -> MetricFn:
+    def voc_metric(detections, records, metadata, image_ids) -> Dict:
+        coco = _coco_parts(detections, records, metadata, image_ids, official=False)
+        class_names, label_to_category_id = list(metadata["class_names"]), _label_to_category_id(metadata)
+        voc = evaluate_voc(records, detections, class_names, label_to_category_id, use_07_metric=use_07_metric)
+        return {**voc, "summary": {**voc["summary"], **coco["summary"]}, "cocoeval_summary": coco["cocoeval_summary"]}
+
+    return voc_metric
+
+
+METRICS.register("voc07", _voc_metric(use_07_metric=True))  # 11-point AP
+METRICS.register("voc10", _voc_metric(use_07_metric=False))  # area under the PR curve
 
 
 def evaluate_with_coco_file(detections: Sequence[Mapping], annotations_file: Path, source: str) -> Dict:

@@ -9,6 +9,8 @@ taken out with ``split_res5``, so it keeps the loaded ImageNet weights, the froz
 
 from torch import Tensor, nn
 
+from resnet_det.modeling.heads import HEADS, DetectionHead
+
 
 class Res5BoxHead(nn.Module):
     """res5 on pooled RoIs, then global average pooling: ``R x C4 x S x S -> R x out_channels``."""
@@ -24,5 +26,13 @@ class Res5BoxHead(nn.Module):
 
 def build_res5_head(backbone: nn.Module) -> Res5BoxHead:
     """Take res5 out of ``backbone`` (built with c4 and c5; it then outputs c4 only) as the box head."""
-    out_channels = backbone.out_channels["c5"]
+    out_channels = backbone.output_shape()["c5"].channels
     return Res5BoxHead(backbone.split_res5(), out_channels)
+
+
+@HEADS.register("c4")
+def build_c4_head(model_cfg, make_backbone) -> DetectionHead:
+    """RPN and RoI pooling on c4; res5 as the box head."""
+    backbone = make_backbone(("c4", "c5"))
+    box_head = build_res5_head(backbone)
+    return DetectionHead(backbone, ("c4",), ("c4",), box_head, box_head.out_channels, backbone.input_format)

@@ -2,13 +2,16 @@
 
 torchvision's ``FasterRCNN`` supplies the RPN, the RoI heads (sampling, losses, post-processing) and
 the two-stage forward; this module chooses what goes in it: the backbone (``backbones``, with its
-weights, frozen BN and ``freeze_at``), the head (``c4``: the paper's res5-on-RoIs, ``c4_head``;
-``fpn``: the pyramid with a 2-fc head, ``fpn``), anchors, the RoI pooler, the thresholds and counts
-of ``cfg.model``, and a transform that normalises as the weights expect but never resizes.
+weights, frozen BN and ``freeze_at``), the head named by ``model.head`` in the ``HEADS`` registry
+(``c4``: the paper's res5-on-RoIs, ``c4_head``; ``fpn``: the pyramid with a 2-fc head, ``fpn``; or a
+user's), anchors, the RoI pooler, the thresholds and counts of ``cfg.model``, and a transform that
+normalises as the weights expect but never resizes. The config was validated by ``load_config``
+(``resnet_det.config.validate``).
 """
 
 import math
 from collections import OrderedDict
+from functools import partial
 from typing import Dict, List, Sequence, Tuple
 
 import torch
@@ -22,13 +25,9 @@ from torchvision.ops.poolers import LevelMapper
 
 from backbones import build_backbone
 from resnet_det.errors import ConfigError
-from resnet_det.modeling.c4_head import build_res5_head
-from resnet_det.modeling.fpn import IN_FEATURES as FPN_IN_FEATURES
-from resnet_det.modeling.fpn import FPNBackbone, build_fpn_box_head
+from resnet_det.modeling import backbone_weights, c4_head, fpn  # noqa: F401  (register the kinds and heads)
+from resnet_det.modeling.heads import HEADS
 from resnet_det.modeling.transform import DetectionTransform, resolve_input_format
-
-HEADS = ("c4", "fpn")
-POOLERS = ("roi_align", "roi_pool")
 
 
 class MultiScaleRoIPool(MultiScaleRoIAlign):
@@ -94,18 +93,6 @@ def anchor_sizes(sizes: Sequence[Sequence[int]], num_maps: int) -> Tuple[Tuple[i
     )
 
 
-def _check_model_config(m: DictConfig, num_classes: int) -> None:
-    if m.head not in HEADS:
-        raise ConfigError(f"model.head={m.head!r} is not a detection head: use one of {', '.join(HEADS)}")
-    if m.roi_heads.pooler not in POOLERS:
-        raise ConfigError(f"model.roi_heads.pooler={m.roi_heads.pooler!r} is unknown: use one of {', '.join(POOLERS)}")
-    if not list(m.anchors.aspect_ratios) or min(m.anchors.aspect_ratios) <= 0:
-        ratios = list(m.anchors.aspect_ratios)
-        raise ConfigError(f"model.anchors.aspect_ratios={ratios}: give positive ratios, e.g. [0.5, 1.0, 2.0]")
-    if num_classes < 1:
-        raise ConfigError(f"num_classes={num_classes}: a detector needs at least one object class (model.num_classes)")
-
-
 def build_detector(cfg: DictConfig, num_classes: int) -> FasterRCNN:
     """Faster R-CNN as ``cfg.model`` says, for ``num_classes`` object classes (background excluded).
 
@@ -114,64 +101,65 @@ def build_detector(cfg: DictConfig, num_classes: int) -> FasterRCNN:
     per image and, for FPN, per level before NMS (torchvision's convention); ``model.train()`` and
     ``model.eval()`` switch between the ``*_train`` and ``*_test`` counts.
     """
-    m = cfg.model
-    _check_model_config(m, num_classes)
-    b = m.backbone
-    backbone = build_backbone(
-        b.name,
-        out_features=("c4", "c5") if m.head == "c4" else FPN_IN_FEATURES,
-        weights=b.weights,
-        norm=b.norm,
-        freeze_at=b.freeze_at,
-        shortcut=b.shortcut,
-        stride_in_1x1=b.stride_in_1x1,
+    if num_classes < 1:
+        raise ConfigError(f"num_classes={num_classes}: a detector needs at least one object class (model.num_classes)")
+    model_cfg = cfg.model
+    backbone_cfg = model_cfg.backbone
+    make_backbone = partial(
+        build_backbone,
+        backbone_cfg.name,
+        weights=backbone_cfg.weights,
+        norm=backbone_cfg.norm,
+        freeze_at=backbone_cfg.freeze_at,
+        shortcut=backbone_cfg.shortcut,
+        stride_in_1x1=backbone_cfg.stride_in_1x1,
     )
-    input_format = resolve_input_format(backbone.input_format, m.input)
-    r = m.roi_heads
+    head = HEADS.get(model_cfg.head)(model_cfg, make_backbone)
+    input_format = resolve_input_format(head.input_format, model_cfg.input_format)
+    shapes = head.features.output_shape()
+    rpn_channels = {shapes[name].channels for name in head.rpn_features}
+    if len(rpn_channels) != 1:
+        raise ConfigError(
+            f"model.head={model_cfg.head}: the RPN is shared by {', '.join(head.rpn_features)}, which must have "
+            f"the same number of channels, not {sorted(rpn_channels)}"
+        )
+    # torchvision's FasterRCNN requires its backbone to have ``out_channels`` (an int); ours
+    # report their features through ``output_shape()``, and this is the only place it is set.
+    head.features.out_channels = rpn_channels.pop()
+    roi_cfg = model_cfg.roi_heads
 
-    if m.head == "c4":
-        box_head = build_res5_head(backbone)
-        features, rpn_channels, box_dim = backbone, backbone.out_channels["c4"], box_head.out_channels
-        rpn_maps = pooled_maps = OrderedDict(c4=backbone.strides["c4"])
-    else:
-        features = FPNBackbone(backbone, m.fpn_channels)
-        rpn_channels, box_dim = m.fpn_channels, r.fc_dim
-        rpn_maps = features.strides
-        pooled_maps = OrderedDict((name, s) for name, s in rpn_maps.items() if name != "p6")
-        box_head = build_fpn_box_head(m.fpn_channels, r.pooler_resolution, r.fc_dim)
-
-    sizes = anchor_sizes(m.anchors.sizes, len(rpn_maps))
-    ratios = (tuple(float(a) for a in m.anchors.aspect_ratios),) * len(sizes)
+    sizes = anchor_sizes(model_cfg.anchors.sizes, len(head.rpn_features))
+    ratios = (tuple(float(a) for a in model_cfg.anchors.aspect_ratios),) * len(sizes)
     anchors = AnchorGenerator(sizes, ratios)
-    rpn_head = RPNHead(rpn_channels, anchors.num_anchors_per_location()[0])
+    rpn_head = RPNHead(head.features.out_channels, anchors.num_anchors_per_location()[0])
+    pooled_strides = OrderedDict((name, shapes[name].stride) for name in head.pooled_features)
 
+    rpn_cfg = model_cfg.rpn
     model = FasterRCNN(
-        features,
+        head.features,
         num_classes=None,
         rpn_anchor_generator=anchors,
         rpn_head=rpn_head,
-        rpn_pre_nms_top_n_train=m.rpn.pre_nms_topk_train,
-        rpn_pre_nms_top_n_test=m.rpn.pre_nms_topk_test,
-        rpn_post_nms_top_n_train=m.rpn.post_nms_topk_train,
-        rpn_post_nms_top_n_test=m.rpn.post_nms_topk_test,
-        rpn_nms_thresh=m.rpn.nms_thresh,
-        rpn_fg_iou_thresh=m.rpn.fg_iou_thresh,
-        rpn_bg_iou_thresh=m.rpn.bg_iou_thresh,
-        rpn_batch_size_per_image=m.rpn.batch_size_per_image,
-        rpn_positive_fraction=m.rpn.positive_fraction,
-        box_roi_pool=build_box_pooler(r.pooler, pooled_maps, r.pooler_resolution, r.sampling_ratio),
-        box_head=box_head,
-        box_predictor=FastRCNNPredictor(box_dim, num_classes + 1),
-        box_score_thresh=r.score_thresh,
-        box_nms_thresh=r.nms_thresh,
-        box_detections_per_img=r.detections_per_image,
-        box_fg_iou_thresh=r.fg_iou_thresh,
-        box_bg_iou_thresh=r.bg_iou_thresh,
-        box_batch_size_per_image=r.batch_size_per_image,
-        box_positive_fraction=r.positive_fraction,
+        rpn_pre_nms_top_n_train=rpn_cfg.pre_nms_topk_train,
+        rpn_pre_nms_top_n_test=rpn_cfg.pre_nms_topk_test,
+        rpn_post_nms_top_n_train=rpn_cfg.post_nms_topk_train,
+        rpn_post_nms_top_n_test=rpn_cfg.post_nms_topk_test,
+        rpn_nms_thresh=rpn_cfg.nms_thresh,
+        rpn_fg_iou_thresh=rpn_cfg.fg_iou_thresh,
+        rpn_bg_iou_thresh=rpn_cfg.bg_iou_thresh,
+        rpn_batch_size_per_image=rpn_cfg.batch_size_per_image,
+        rpn_positive_fraction=rpn_cfg.positive_fraction,
+        box_roi_pool=build_box_pooler(roi_cfg.pooler, pooled_strides, roi_cfg.pooler_resolution, roi_cfg.sampling_ratio),
+        box_head=head.box_head,
+        box_predictor=FastRCNNPredictor(head.box_dim, num_classes + 1),
+        box_score_thresh=roi_cfg.score_thresh,
+        box_nms_thresh=roi_cfg.nms_thresh,
+        box_detections_per_img=roi_cfg.detections_per_image,
+        box_fg_iou_thresh=roi_cfg.fg_iou_thresh,
+        box_bg_iou_thresh=roi_cfg.bg_iou_thresh,
+        box_batch_size_per_image=roi_cfg.batch_size_per_image,
+        box_positive_fraction=roi_cfg.positive_fraction,
     )
-    if cfg.input.size_divisibility < 32 or cfg.input.size_divisibility % 32:
-        raise ConfigError(f"input.size_divisibility={cfg.input.size_divisibility} must be a multiple of 32 (the coarsest stride)")
     model.transform = DetectionTransform(input_format, size_divisible=cfg.input.size_divisibility)
     model.backbone_input_format = input_format
     return model

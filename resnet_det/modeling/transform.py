@@ -3,7 +3,7 @@
 The data loader resizes each image once, in its workers, and hands the model ``uint8`` RGB images
 at their final size. Keeping them ``uint8`` until here makes host-to-device copies one byte per
 pixel; the channel order, mean and std then follow the weights the backbone loaded (torchvision's:
-RGB with ImageNet mean and std; MSRA's: BGR, mean only), unless ``model.input`` overrides them.
+RGB with ImageNet mean and std; MSRA's: BGR, mean only), unless ``model.input_format`` overrides them.
 """
 
 import math
@@ -14,26 +14,16 @@ from torch import Tensor, nn
 from torchvision.models.detection.image_list import ImageList
 
 from backbones import InputFormat
-from resnet_det.errors import ConfigError
-
-CHANNEL_ORDERS = ("RGB", "BGR")
 
 
 def resolve_input_format(weights_format: InputFormat, overrides) -> InputFormat:
-    """The backbone's ``input_format`` with the non-null fields of ``cfg.model.input`` applied."""
+    """The backbone's ``input_format`` with the non-null fields of ``cfg.model.input_format`` applied
+    (validated by ``load_config``)."""
     fields = {}
     for key in ("channel_order", "pixel_mean", "pixel_std"):
         value = getattr(overrides, key)
         fields[key] = getattr(weights_format, key) if value is None else value
-    if fields["channel_order"] not in CHANNEL_ORDERS:
-        raise ConfigError(f"model.input.channel_order={fields['channel_order']!r} is not valid: use RGB or BGR")
-    for key in ("pixel_mean", "pixel_std"):
-        fields[key] = tuple(float(v) for v in fields[key])
-        if len(fields[key]) != 3:
-            raise ConfigError(f"model.input.{key}={list(fields[key])} needs 3 values (one per channel, 0..255 scale)")
-    if min(fields["pixel_std"]) <= 0:
-        raise ConfigError(f"model.input.pixel_std={list(fields['pixel_std'])} must be positive (0..255 scale)")
-    return InputFormat(**fields)
+    return InputFormat(fields["channel_order"], tuple(fields["pixel_mean"]), tuple(fields["pixel_std"]))
 
 
 class DetectionTransform(nn.Module):
