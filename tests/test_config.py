@@ -78,10 +78,12 @@ RECIPE_VALUES = {
                                  "solver.steps": [12000, 16000], "input.min_size_train": list(range(480, 801, 32))},
     "shapes/faster_rcnn_c4.yaml": {"model.head": "c4", "model.backbone.name": "r18",
                                    "model.backbone.weights": "output/shapes_cls/model_final.pth",
-                                   "solver.base_lr": 0.02, "solver.max_iter": 300, "solver.warmup_iters": 50},
+                                   "solver.base_lr": 0.01, "solver.batch_size": 8, "solver.reference_batch_size": 8,
+                                   "solver.max_iter": 300, "solver.warmup_iters": 50, "solver.clip_grad_norm": 10.0},
     "shapes/faster_rcnn_fpn.yaml": {"model.head": "fpn", "model.backbone.name": "r18",
                                     "model.backbone.weights": "output/shapes_cls/model_final.pth",
-                                    "solver.base_lr": 0.02, "solver.max_iter": 300, "solver.warmup_iters": 50},
+                                    "solver.base_lr": 0.01, "solver.batch_size": 8, "solver.reference_batch_size": 8,
+                                   "solver.max_iter": 300, "solver.warmup_iters": 50, "solver.clip_grad_norm": 10.0},
 }
 
 
