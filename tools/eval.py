@@ -26,7 +26,6 @@ from pathlib import Path
 
 from resnet_det.cli import add_trust_arg, main_guard
 from resnet_det.errors import EvaluationError
-from resnet_det.safe_paths import output_name
 from resnet_det.evaluation import (
     METRICS,
     compare_reports,
@@ -37,6 +36,7 @@ from resnet_det.evaluation import (
     write_report,
 )
 from resnet_det.evaluation.voc_results import RESULT_FILE, read_voc_results, with_voc_image_ids, write_voc_results
+from resnet_det.utils.safe_paths import output_name
 
 
 def parse_args(argv=None):

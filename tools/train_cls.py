@@ -81,8 +81,8 @@ def main(argv=None):
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
     cfg = build_config(args)
-    from resnet_det.engine.distributed import is_main_process
     from resnet_det.engine.train_classification import train_classifier
+    from resnet_det.utils.comm import is_main_process
 
     with trust_checkpoints(args.trust_checkpoint):
         results = train_classifier(cfg, resume=args.resume, force_unlock=args.force_unlock)

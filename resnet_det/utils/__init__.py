@@ -1,0 +1,5 @@
+"""The bottom layer of ``resnet_det``: file I/O, input limits, safe paths, rank helpers, drawing.
+
+Everything above (config, data, modeling, evaluation, engine, tools) may import these modules;
+they import nothing of ``resnet_det`` but ``resnet_det.errors`` (tests/test_import_layers.py).
+"""
