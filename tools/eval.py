@@ -20,11 +20,10 @@ voc10 (area AP) for VOC 2012. Numbers are fractions in 0..1, as pycocotools prin
 """
 
 import argparse
-import logging
 import sys
 from pathlib import Path
 
-from resnet_det.cli import add_trust_arg, main_guard
+from resnet_det.cli import add_trust_arg, log_to_stderr, main_guard
 from resnet_det.errors import EvaluationError
 from resnet_det.evaluation import (
     METRICS,
@@ -168,5 +167,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    log_to_stderr(timestamps=False)
     main()

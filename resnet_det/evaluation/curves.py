@@ -56,7 +56,7 @@ def plot_curves(runs: Sequence[Path], output: Path, names: Sequence[str] = ()) -
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
     colours = [f"C{i % 10}" for i in range(len(runs))]
-    for name, curve, colour in zip(names, curves, colours):
+    for curve, colour in zip(curves, colours):
         if curve["train"]:
             ax.plot(*zip(*curve["train"]), color=colour, linewidth=0.8, alpha=0.8)
         if curve["test"]:
