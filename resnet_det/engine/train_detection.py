@@ -3,9 +3,10 @@
 Builds the datasets, the detector, the solver and the shared ``Trainer``; writes the resolved
 ``config.yaml`` and the data report into the run folder before the first iteration, evaluates at
 ``eval_period`` and at the end, and leaves the mAP report of the last evaluation beside the
-checkpoints. The run folder's lock is held from the start, and nothing is written before the
-trainer has accepted the folder (a new run, or one to resume), so a refused call changes nothing; the data
-report is updated at the end with the images found undecodable.
+checkpoints. The set-up is ``engine.run``'s: the run folder's lock is held from the start, and
+nothing is written before the trainer has accepted the folder (a new run, or one to resume), so a
+refused call changes nothing. The data report is updated at the end with the images found
+undecodable.
 """
 
 import json
@@ -173,10 +174,7 @@ def _train_detector(cfg: DictConfig, run: TrainingRun) -> Dict:
     )
     run.start(trainer, cfg)
     if dist.is_main:
-        counts = metadata["sanitize_counts"]
-        atomic_write_text(output_dir / "data_report.json", json.dumps(counts.to_dict(), indent=2, sort_keys=True) + "\n")
-        if counts.total():
-            logger.warning("data: %s (details in %s)", counts.summary(), output_dir / "data_report.json")
+        write_data_report(metadata["sanitize_counts"], output_dir)
         logger.info("training on %d images of %s, %d classes", len(records), list(cfg.datasets.train), num_classes)
     results = trainer.train()
     report_unreadable_images(train_sets, metadata["sanitize_counts"], output_dir)
@@ -192,5 +190,12 @@ def report_unreadable_images(datasets, counts, output_dir: Path) -> None:
     if not files or not comm.is_main_process():
         return
     counts.add_undecodable(files)
-    atomic_write_text(output_dir / "data_report.json", json.dumps(counts.to_dict(), indent=2, sort_keys=True) + "\n")
-    logger.warning("data: %s (details in %s)", counts.summary(), output_dir / "data_report.json")
+    write_data_report(counts, output_dir)
+
+
+def write_data_report(counts, output_dir: Path) -> None:
+    """``data_report.json``: what the bad-record policies fixed or skipped; a warning if anything."""
+    path = output_dir / "data_report.json"
+    atomic_write_text(path, json.dumps(counts.to_dict(), indent=2, sort_keys=True) + "\n")
+    if counts.total():
+        logger.warning("data: %s (details in %s)", counts.summary(), path)
