@@ -60,7 +60,7 @@ def build_optimizer(model: nn.Module, solver_cfg) -> torch.optim.SGD:
     included); frozen ones (``requires_grad=False``: frozen BN, ``freeze_at`` stages) are left out
     so they take no momentum buffers.
     """
-    params = [p for p in model.parameters() if p.requires_grad]
+    params = [param for param in model.parameters() if param.requires_grad]
     if not params:
         raise ConfigError("the model has no trainable parameters: lower model.backbone.freeze_at")
     return torch.optim.SGD(
@@ -217,7 +217,7 @@ def build_lr_scheduler(
         raise ConfigError(f"solver.warmup_method={method!r}: use one of {', '.join(WARMUP_METHODS)}")
     if policy not in LR_POLICIES:
         raise ConfigError(f"solver.lr_policy={policy!r}: use one of {', '.join(LR_POLICIES)}")
-    if steps != sorted(steps) or any(s < 0 for s in steps):
+    if steps != sorted(steps) or any(step < 0 for step in steps):
         raise ConfigError(f"solver.steps={steps}: list the iterations in increasing order")
     if solver_cfg.warmup_iters < 0 or not 0 < solver_cfg.warmup_factor <= 1:
         raise ConfigError(
@@ -239,7 +239,7 @@ def build_lr_scheduler(
                 "solver.warmup_until_error replaces a warm-up of fixed length: set solver.warmup_iters=0 and "
                 f"solver.warmup_method=constant (not {solver_cfg.warmup_iters} and {method})"
             )
-    unreached = [s for s in steps if s >= max_iter]
+    unreached = [step for step in steps if step >= max_iter]
     if unreached:
         logger.warning("solver.steps %s are not before max_iter=%d: the lr never drops there", unreached, max_iter)
     return WarmupDecayLR(
