@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-stamp
 SEED ?= 0
 DEMO_DIR ?= output/demo/seed$(SEED)
 
-.PHONY: venv test demo clean
+.PHONY: venv lint test demo clean
 
 venv: $(STAMP)
 
@@ -16,6 +16,12 @@ $(STAMP): requirements.txt setup.py
 	$(PY) -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation --config-settings editable_mode=compat -e .
 	$(PY) -c "import torchvision; from torchvision.ops import nms"
 	touch $(STAMP)
+
+# ruff (lint and format) and mypy, as configured in pyproject.toml.
+lint: venv
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+	$(PY) -m mypy
 
 test: venv
 	$(PY) -m pytest -q tests

@@ -25,5 +25,5 @@ setup(
         "matplotlib",
         "defusedxml>=0.7",
     ],
-    extras_require={"test": ["pytest", "pytest-timeout", "hypothesis"]},
+    extras_require={"test": ["pytest", "pytest-timeout", "hypothesis"], "lint": ["ruff", "mypy"]},
 )

@@ -22,6 +22,9 @@ class CifarResNet(nn.Module):
     """``shortcut`` None builds the plain net."""
 
     input_size = 32
+    layer1: nn.Sequential  # the three stages, added by name in __init__
+    layer2: nn.Sequential
+    layer3: nn.Sequential
 
     def __init__(
         self,

@@ -42,7 +42,7 @@ class FrozenBatchNorm2d(_TorchvisionFrozenBatchNorm2d):
         ``module``, changed in place.
         """
         if isinstance(module, (nn.BatchNorm2d, nn.SyncBatchNorm)):
-            frozen = cls(module.num_features, eps=module.eps).to(module.running_mean.device)
+            frozen = cls(module.num_features, eps=module.eps).to(module.weight.device)
             frozen.load_state_dict(module.state_dict())
             return frozen
         for name, child in module.named_children():

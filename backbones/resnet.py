@@ -13,7 +13,7 @@ Plain nets are the same stacks without shortcuts.
 """
 
 import functools
-from typing import Optional
+from typing import Any, Dict, Optional, Tuple, Type
 
 import torch
 import torch.nn.functional as F
@@ -146,7 +146,7 @@ class Bottleneck(_Block):
 
 
 def make_stage(
-    block: type, in_channels: int, channels: int, num_blocks: int, stride: int, **block_options
+    block: Type[_Block], in_channels: int, channels: int, num_blocks: int, stride: int, **block_options
 ) -> nn.Sequential:
     """``num_blocks`` blocks; the first one changes the stride and the width."""
     blocks = [block(in_channels, channels, stride, **block_options)]
@@ -162,11 +162,11 @@ def init_weights(model: nn.Module, zero_init_residual: bool) -> None:
         if isinstance(module, nn.Conv2d):
             nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
         elif zero_init_residual and isinstance(module, _Block) and module.residual:
-            nn.init.zeros_(module.last_norm.weight)
+            nn.init.zeros_(module.last_norm.weight)  # type: ignore[union-attr, arg-type]  # a norm layer
 
 
 # depth -> (block, blocks per stage), Table 1
-ARCHITECTURES = {
+ARCHITECTURES: Dict[int, Tuple[Type[_Block], Tuple[int, ...]]] = {
     18: (BasicBlock, (2, 2, 2, 2)),
     34: (BasicBlock, (3, 4, 6, 3)),
     50: (Bottleneck, (3, 4, 6, 3)),
@@ -183,6 +183,10 @@ class ResNet(nn.Module):
     """
 
     input_size = 224  # the resolution it is designed for (Table 1's multiply-adds)
+    layer1: nn.Sequential  # the four stages, added by name in __init__
+    layer2: nn.Sequential
+    layer3: nn.Sequential
+    layer4: nn.Sequential
 
     def __init__(
         self,
@@ -196,7 +200,7 @@ class ResNet(nn.Module):
     ):
         super().__init__()
         block, layers = ARCHITECTURES[depth]
-        block_options = {"norm": norm, "shortcut": shortcut}
+        block_options: Dict[str, Any] = {"norm": norm, "shortcut": shortcut}
         if block is Bottleneck:
             block_options["stride_in_1x1"] = stride_in_1x1
         self.options = {

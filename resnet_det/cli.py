@@ -1,6 +1,7 @@
 """What every command-line tool shares: one-line errors instead of tracebacks."""
 
 import functools
+import logging
 import sys
 
 from resnet_det.errors import USER_ERRORS
@@ -44,6 +45,13 @@ def main_guard(main):
             sys.exit(130)
 
     return wrapper
+
+
+def log_to_stderr(timestamps: bool = True) -> None:
+    """INFO and above of every logger to stderr, as the tools show progress (training lines carry
+    the time; evaluation's few lines do not need it)."""
+    fmt = "%(levelname)s %(name)s: %(message)s"
+    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s {fmt}" if timestamps else fmt)
 
 
 def add_trust_arg(parser) -> None:

@@ -3,9 +3,7 @@ config cannot keep. Each test runs the real entry point (training with its final
 tiny config while recording every key the code reads, then compares with the schema's leaves."""
 
 import contextlib
-from pathlib import Path
 
-import pytest
 from omegaconf import DictConfig, OmegaConf
 
 from resnet_det.config import ClassificationConfig, DetectionConfig, load_config
@@ -56,7 +54,7 @@ def test_recording_sees_reads_and_not_dumps(monkeypatch):
         OmegaConf.to_yaml(cfg, resolve=True)
         OmegaConf.merge(cfg, {"solver": {"max_iter": 3}})
         assert not seen
-        cfg.solver.base_lr, getattr(cfg.model, "norm"), cfg.input.get("crop_size")
+        cfg.solver.base_lr, getattr(cfg.model, "norm"), cfg.input.get("crop_size")  # noqa: B009  (each way of reading)
     assert {"solver.base_lr", "model.norm", "input.crop_size"} <= seen
     unread = _unread(ClassificationConfig, seen, {})
     assert "solver.max_iter" in unread and "solver.base_lr" not in unread

@@ -8,7 +8,8 @@ import torch
 from data_fixtures import classification_cfg, make_cifar, make_image_folder, write_image
 
 from resnet_det.data import build_classification_loaders
-from resnet_det.data import classification as cls
+from resnet_det.data import cifar, classification, imagefolder
+from resnet_det.data import classification_transforms as transforms
 from resnet_det.errors import ConfigError, DatasetError
 
 MEAN, STD = [100.0, 110.0, 120.0], [50.0, 60.0, 70.0]
@@ -23,7 +24,7 @@ def test_image_folder_lists_classes_in_name_order(tmp_path):
     make_image_folder(tmp_path / "train", {"zebra": 2, "ant": 3})
     (tmp_path / "train" / "ant" / "notes.txt").write_text("not an image")
     write_image(tmp_path / "train" / "ant" / "nested" / "x.JPEG", 8, 8)
-    paths, labels, classes = cls.image_folder(tmp_path / "train")
+    paths, labels, classes = imagefolder.image_folder(tmp_path / "train")
     assert classes == ["ant", "zebra"]
     assert labels.tolist() == [0, 0, 0, 0, 1, 1]
     assert all("/ant/" in p for p in paths[:4]) and paths[3].endswith("nested/x.JPEG")
@@ -33,49 +34,49 @@ def test_image_folder_errors_name_the_folder(tmp_path):
     make_image_folder(tmp_path / "train", {"cat": 1})
     (tmp_path / "train" / "dog").mkdir()
     with pytest.raises(DatasetError, match=rf"class folder {tmp_path}/train/dog has no images .*remove the folder"):
-        cls.image_folder(tmp_path / "train")
+        imagefolder.image_folder(tmp_path / "train")
     with pytest.raises(DatasetError, match=rf"image folder not found: {tmp_path}/val; put the images in {tmp_path}/"):
-        cls.image_folder(tmp_path / "val")
+        imagefolder.image_folder(tmp_path / "val")
 
 
 def test_cifar_batches_are_decoded_channel_major(tmp_path):
     make_cifar(tmp_path, per_batch=6)
-    images, labels, names = cls.load_cifar10(tmp_path, train=True)
+    images, labels, names = cifar.load_cifar10(tmp_path, train=True)
     assert images.shape == (30, 32, 32, 3) and images.dtype == np.uint8
     assert images[4, 31, 0].tolist() == [4, 100, 200]  # R from the first 1024 bytes, then G, then B
     assert labels.tolist() == list(range(6)) * 5 and names[0] == "airplane" and len(names) == 10
-    assert len(cls.load_cifar10(tmp_path, train=False)[0]) == 6
+    assert len(cifar.load_cifar10(tmp_path, train=False)[0]) == 6
 
 
 def test_missing_or_damaged_cifar_says_what_to_do(tmp_path):
     message = rf"CIFAR-10 not found: .*; put the python version \(cifar-10-batches-py/\) under {tmp_path}/cifar10/"
     with pytest.raises(DatasetError, match=message):
-        cls.load_cifar10(tmp_path, train=True)
+        cifar.load_cifar10(tmp_path, train=True)
     folder = make_cifar(tmp_path)
     (folder / "data_batch_3").write_bytes(b"\x80\x04garbage")
     with pytest.raises(DatasetError, match="data_batch_3 is not a CIFAR-10 python batch"):
-        cls.load_cifar10(tmp_path, train=True)
+        cifar.load_cifar10(tmp_path, train=True)
 
 
 def test_holdout_split_is_fixed_and_disjoint():
-    train, val = cls.holdout_split(50, 5)
+    train, val = cifar.holdout_split(50, 5)
     assert len(train) == 45 and len(val) == 5 and not set(train) & set(val)
-    assert np.array_equal(val, cls.holdout_split(50, 5)[1])
+    assert np.array_equal(val, cifar.holdout_split(50, 5)[1])
 
 
 def test_cifar_holdout_takes_validation_from_the_training_batches(tmp_path, monkeypatch):
     make_cifar(tmp_path, per_batch=10)
-    monkeypatch.setattr(cls, "CIFAR10_HOLDOUT", 5)
+    monkeypatch.setattr(classification, "CIFAR10_HOLDOUT", 5)
     cfg = classification_cfg("data.dataset=cifar10", f"data.root={tmp_path}", "data.holdout_val=true")
-    train, val, names = cls.build_classification_datasets(cfg)
+    train, val, names = classification.build_classification_datasets(cfg)
     assert (len(train), len(val), len(names)) == (45, 5, 10)
     with pytest.raises(ConfigError, match="data.holdout_val applies to cifar10 only"):
-        cls.build_classification_datasets(classification_cfg("data.dataset=shapes", "data.holdout_val=true"))
+        classification.build_classification_datasets(classification_cfg("data.dataset=shapes", "data.holdout_val=true"))
 
 
 def test_cifar_train_transform_pads_crops_flips_and_normalises():
     image = np.full((32, 32, 3), 200, np.uint8)
-    transform = cls.CifarTrainTransform(32, MEAN, STD)
+    transform = transforms.CifarTrainTransform(32, MEAN, STD)
     outs = [transform(image, np.random.default_rng(s)) for s in range(20)]
     assert all(o.shape == (3, 32, 32) and o.dtype == torch.float32 for o in outs)
     assert outs[0][:, 16, 16].tolist() == pytest.approx([2.0, 1.5, 80 / 70])  # (200 - mean) / std
@@ -86,12 +87,12 @@ def test_cifar_train_transform_pads_crops_flips_and_normalises():
 
 def test_imagenet_train_transform_scales_crops_and_changes_colour():
     image = np.random.default_rng(0).integers(0, 256, (30, 40, 3)).astype(np.uint8)
-    transform = cls.ImageNetTrainTransform(16, [20, 28], 0.4, MEAN, STD)
+    transform = transforms.ImageNetTrainTransform(16, [20, 28], 0.4, MEAN, STD)
     a, b = transform(image, np.random.default_rng(1)), transform(image, np.random.default_rng(2))
     assert a.shape == b.shape == (3, 16, 16) and not torch.equal(a, b)
     assert torch.equal(a, transform(image, np.random.default_rng(1)))
     flat = np.full((30, 40, 3), 128, np.uint8)
-    jittered = cls.ImageNetTrainTransform(16, [20, 20], 0.4, [0, 0, 0], [1, 1, 1])(flat, np.random.default_rng(5))
+    jittered = transforms.ImageNetTrainTransform(16, [20, 20], 0.4, [0, 0, 0], [1, 1, 1])(flat, np.random.default_rng(5))
     assert not torch.allclose(jittered, torch.full_like(jittered, 128.0))
 
 
@@ -103,15 +104,15 @@ def test_imagenet_scale_augmentation_draws_every_shorter_side_of_the_range(monke
     recipe_path = Path(__file__).resolve().parents[1] / "configs/classification/imagenet_r50.yaml"
     recipe = load_config(ClassificationConfig, recipe_path)
     assert recipe.input.mean_subtraction == "per_pixel"
-    transform, _ = cls.build_classification_transforms(recipe.input, np.zeros((224, 224, 3), np.float32))
+    transform, _ = transforms.build_classification_transforms(recipe.input, np.zeros((224, 224, 3), np.float32))
     sizes = []
-    resize = cls._resize_shorter
+    resize = transforms._resize_shorter
 
     def spy(image, size):
         sizes.append(size)
         return resize(image, size)
 
-    monkeypatch.setattr(cls, "_resize_shorter", spy)
+    monkeypatch.setattr(transforms, "_resize_shorter", spy)
     image = np.zeros((300, 400, 3), np.uint8)
     for seed in range(600):
         assert transform(image, np.random.default_rng(seed)).shape == (3, 224, 224)
@@ -125,8 +126,8 @@ def test_per_pixel_mean_of_cifar_is_the_mean_image_of_the_training_set(tmp_path)
     make_cifar(tmp_path, per_batch=6)
     cfg = classification_cfg("data.dataset=cifar10", f"data.root={tmp_path}", "input.mean_subtraction=per_pixel",
                              "input.pixel_std=[2.0,2.0,2.0]")
-    train, val, _ = cls.build_classification_datasets(cfg)
-    images, _, _ = cls.load_cifar10(tmp_path, train=True)
+    train, val, _ = classification.build_classification_datasets(cfg)
+    images, _, _ = cifar.load_cifar10(tmp_path, train=True)
     expected = images.astype(np.float64).mean(axis=0)
     assert train.transform.mean.shape == (32, 32, 3)
     assert np.allclose(train.transform.mean, expected)  # red: the mean of 0..5 = 2.5
@@ -142,7 +143,7 @@ def test_per_pixel_cifar_transform_subtracts_the_mean_image_before_padding():
     # (so the padding is the mean), then the random crop and the flip.
     mean = np.arange(32 * 32 * 3, dtype=np.float32).reshape(32, 32, 3) / 20
     image = np.full((32, 32, 3), 200, np.uint8)
-    transform = cls.CifarTrainTransform(32, mean, [2.0, 2.0, 2.0])
+    transform = transforms.CifarTrainTransform(32, mean, [2.0, 2.0, 2.0])
     centred = np.pad((200 - mean) / 2, ((4, 4), (4, 4), (0, 0)))
     windows = [centred[y : y + 32, x : x + 32] for y in range(9) for x in range(9)]
     windows += [w[:, ::-1] for w in windows]
@@ -160,32 +161,32 @@ def test_per_pixel_mean_of_a_folder_is_taken_at_the_test_geometry(tmp_path):
     cfg = classification_cfg("data.dataset=folder", f"data.root={tmp_path}", "input.augment=imagenet",
                              "input.crop_size=8", "input.test_resize=10", "input.scale_range=[10,12]",
                              "input.mean_subtraction=per_pixel")
-    train, val, _ = cls.build_classification_datasets(cfg)
-    crops = [cls._center_crop(cls._resize_shorter(train._read(i), 10), 8) for i in range(len(train))]
+    train, val, _ = classification.build_classification_datasets(cfg)
+    crops = [transforms._center_crop(transforms._resize_shorter(train._read(i), 10), 8) for i in range(len(train))]
     assert np.allclose(train.transform.mean, np.mean(crops, axis=0), atol=1e-4)
-    raw = cls._center_crop(cls._resize_shorter(val._read(0), 10), 8).astype(np.float32)
+    raw = transforms._center_crop(transforms._resize_shorter(val._read(0), 10), 8).astype(np.float32)
     expected = (raw - train.transform.mean) / np.array(cfg.input.pixel_std, np.float32)
     assert np.allclose(val[0][0].permute(1, 2, 0).numpy(), expected, atol=1e-5)
     assert train[(0, 1)][0].shape == (3, 8, 8)
     with pytest.raises(ConfigError, match="input.mean_subtraction=per_image is not known"):
-        cls.build_classification_transforms(classification_cfg("input.mean_subtraction=per_image").input)
+        transforms.build_classification_transforms(classification_cfg("input.mean_subtraction=per_image").input)
 
 
 def test_ten_crop_is_corners_centre_and_their_flips():
     image = np.arange(10 * 12 * 3, dtype=np.uint8).reshape(10, 12, 3)
-    crops = cls.TenCropTransform(None, 6, [0, 0, 0], [1, 1, 1])(image)
+    crops = transforms.TenCropTransform(None, 6, [0, 0, 0], [1, 1, 1])(image)
     assert crops.shape == (10, 3, 6, 6)
     as_hwc = torch.from_numpy(image).permute(2, 0, 1).float()
     assert torch.equal(crops[0], as_hwc[:, :6, :6]) and torch.equal(crops[3], as_hwc[:, 4:, 6:])
     assert torch.equal(crops[4], as_hwc[:, 2:8, 3:9])
     assert torch.equal(crops[5:], crops[:5].flip(-1))
-    centre = cls.CenterCropTransform(None, 6, [0, 0, 0], [1, 1, 1])(image)
+    centre = transforms.CenterCropTransform(None, 6, [0, 0, 0], [1, 1, 1])(image)
     assert torch.equal(centre, crops[4])
 
 
 def test_unknown_augmentation_is_a_config_error():
     with pytest.raises(ConfigError, match="input.augment=autoaugment is not known"):
-        cls.build_classification_transforms(classification_cfg("input.augment=autoaugment").input)
+        transforms.build_classification_transforms(classification_cfg("input.augment=autoaugment").input)
 
 
 def test_folder_loaders_batch_resume_and_shard(tmp_path):

@@ -13,9 +13,9 @@ from resnet_det.data import (
     get_dataset,
     register_coco_instances,
 )
-from resnet_det.data.samplers import InferenceSampler, TrainingBatchSampler, batch_size_per_process
+from resnet_det.data.samplers import InferenceSampler, TrainingBatchSampler
 from resnet_det.data.transforms import TrainAugmentation, hflip, resize_scale, resize_shortest_edge
-from resnet_det.errors import ConfigError, DatasetError
+from resnet_det.errors import DatasetError
 
 
 def _take(iterable, n):
@@ -91,12 +91,6 @@ def test_inference_sampler_shards_contiguously():
     shards = [list(InferenceSampler(10, r, 3)) for r in range(3)]
     assert shards == [[0, 1, 2, 3], [4, 5, 6], [7, 8, 9]]
     assert len(InferenceSampler(2, 2, 3)) == 0
-
-
-def test_batch_size_must_divide_over_processes():
-    assert batch_size_per_process(8, 4) == 2
-    with pytest.raises(ConfigError, match="solver.batch_size=6 does not divide over 4 processes"):
-        batch_size_per_process(6, 4)
 
 
 # Loaders

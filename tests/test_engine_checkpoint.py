@@ -9,14 +9,9 @@ import pytest
 import torch
 
 from resnet_det.engine import checkpoint as ckpt
-from resnet_det.engine.checkpoint import (
-    Checkpointer,
-    atomic_torch_save,
-    atomic_write_text,
-    capture_rng_state,
-    restore_rng_state,
-)
+from resnet_det.engine.checkpoint import Checkpointer, capture_rng_state, restore_rng_state
 from resnet_det.errors import CheckpointError, ConfigError
+from resnet_det.utils.file_io import atomic_torch_save, atomic_write_text
 
 
 def _state(value: float) -> dict:

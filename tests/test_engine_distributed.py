@@ -13,8 +13,10 @@ import pytest
 import torch
 
 from resnet_det.engine import distributed
-from resnet_det.engine.distributed import DistInfo, init_distributed, per_process_batch_size, resolve_device
+from resnet_det.engine.distributed import DistInfo, init_distributed, resolve_device
 from resnet_det.errors import ConfigError, TrainingError
+from resnet_det.utils import comm
+from resnet_det.utils.comm import per_process_batch_size
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "tests" / "scripts" / "toy_train.py"
@@ -55,6 +57,8 @@ def test_batch_size_must_divide_among_processes():
     with pytest.raises(ConfigError) as info:
         per_process_batch_size(6, 4)
     assert str(info.value) == "solver.batch_size=6 does not divide among 4 processes: use a multiple of 4"
+    with pytest.raises(ConfigError, match="solver.batch_size=0 does not divide among 4 processes"):
+        per_process_batch_size(0, 4)
 
 
 def test_without_torchrun_everything_is_one_process(monkeypatch):
@@ -63,10 +67,10 @@ def test_without_torchrun_everything_is_one_process(monkeypatch):
     info = init_distributed("cpu", timeout_s=5)
     assert info == DistInfo(rank=0, world_size=1, local_rank=0, device=torch.device("cpu")) and info.is_main
     assert not torch.distributed.is_initialized()
-    assert (distributed.get_rank(), distributed.get_world_size(), distributed.is_main_process()) == (0, 1, True)
-    assert distributed.all_gather_object({"a": 1}) == [{"a": 1}]
-    assert distributed.reduce_dict({"loss": torch.tensor(0.5), "acc": 2}) == {"acc": 2.0, "loss": 0.5}
-    distributed.barrier()
+    assert (comm.get_rank(), comm.get_world_size(), comm.is_main_process()) == (0, 1, True)
+    assert comm.all_gather_object({"a": 1}) == [{"a": 1}]
+    assert comm.reduce_dict({"loss": torch.tensor(0.5), "acc": 2}) == {"acc": 2.0, "loss": 0.5}
+    comm.barrier()
     distributed.cleanup()
 
 

@@ -16,14 +16,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_engine_distributed import _free_port
+from test_engine_resume import SCRIPT, _env, _finish, _start, _wait_for_checkpoint_after
+from test_engine_trainer import _make
 
 from resnet_det.engine.checkpoint import Checkpointer
 from resnet_det.engine.run_lock import LOCK_FILE, RunLock, read_holder
 from resnet_det.errors import CheckpointError, ConfigError
-
-from test_engine_distributed import _free_port
-from test_engine_resume import SCRIPT, _env, _finish, _start, _wait_for_checkpoint_after
-from test_engine_trainer import _make
 
 REPO = Path(__file__).resolve().parents[1]
 HOST = socket.gethostname()
@@ -151,7 +150,7 @@ def test_the_lock_is_reentrant_in_one_process_and_released_by_the_outermost(tmp_
             pass
         assert read_holder(tmp_path)["pid"] == os.getpid()  # the inner exit did not release it
         trainer = _make(tmp_path, max_iter=2)  # the Trainer takes it again around its phases
-        trainer.resume_or_load(resume=False)
+        trainer.resume_or_start(resume=False)
         trainer.train()
         assert (tmp_path / LOCK_FILE).exists() and outer._fd is not None
     assert not (tmp_path / LOCK_FILE).exists()
@@ -159,13 +158,13 @@ def test_the_lock_is_reentrant_in_one_process_and_released_by_the_outermost(tmp_
 
 def test_resume_with_checkpoints_that_all_fail_to_load_is_refused(tmp_path):
     run = _make(tmp_path, max_iter=6, checkpoint_period=3)
-    run.resume_or_load(resume=False)
+    run.resume_or_start(resume=False)
     run.train()
     for path in tmp_path.glob("model_*.pth"):
         path.write_bytes(path.read_bytes()[:64])  # truncated: every checkpoint is unreadable
     before = folder_hashes(tmp_path)
     with pytest.raises(CheckpointError) as info:
-        _make(tmp_path, max_iter=6, checkpoint_period=3).resume_or_load(resume=True)
+        _make(tmp_path, max_iter=6, checkpoint_period=3).resume_or_start(resume=True)
     assert str(info.value) == (
         f"--resume: no checkpoint in {tmp_path} can be resumed (model_0000003.pth, model_0000006.pth, model_final.pth; "
         "the warnings above say why): move them away to start over, or choose another --output"
@@ -177,10 +176,10 @@ def test_resume_with_checkpoints_that_all_fail_to_load_is_refused(tmp_path):
         path.unlink()
     torch.save({"model": run.module.state_dict(), "iteration": 6}, tmp_path / "model_final.pth")
     with pytest.raises(CheckpointError, match=r"can be resumed \(model_final.pth;"):
-        _make(tmp_path, max_iter=6).resume_or_load(resume=True)
+        _make(tmp_path, max_iter=6).resume_or_start(resume=True)
 
     # An empty folder with --resume still starts from scratch (what a requeued first job does).
-    assert _make(tmp_path / "empty", max_iter=2).resume_or_load(resume=True) == 0
+    assert _make(tmp_path / "empty", max_iter=2).resume_or_start(resume=True) == 0
 
 
 _DIES_LEAVING_A_CHILD = """

@@ -71,7 +71,7 @@ def _weights(trainer):
 def test_toy_model_learns_and_leaves_logs_and_checkpoints(tmp_path):
     trainer = _make(tmp_path, max_iter=60, checkpoint_period=20, log_period=10, meta={"kind": "classification"},
                     config_text="solver:\n  base_lr: 0.2\n")
-    assert trainer.resume_or_load(resume=False) == 0
+    assert trainer.resume_or_start(resume=False) == 0
     results = trainer.train()
 
     lines = _metrics(tmp_path)
@@ -92,17 +92,17 @@ def test_toy_model_learns_and_leaves_logs_and_checkpoints(tmp_path):
     assert all(torch.equal(final["model"][k], v) for k, v in trainer.module.state_dict().items())
 
     again = _make(tmp_path, max_iter=60)
-    assert again.resume_or_load(resume=True) == 60
+    assert again.resume_or_start(resume=True) == 60
     assert again.train() == {"iteration": 60.0}
     assert _metrics(tmp_path) == lines
 
 
 def test_an_existing_run_is_never_overwritten_without_resume(tmp_path):
     first = _make(tmp_path, max_iter=5)
-    first.resume_or_load(resume=False)
+    first.resume_or_start(resume=False)
     first.train()
     with pytest.raises(ConfigError) as info:
-        _make(tmp_path, max_iter=5).resume_or_load(resume=False)
+        _make(tmp_path, max_iter=5).resume_or_start(resume=False)
     assert str(info.value) == (
         f"{tmp_path} already holds checkpoints: pass --resume to continue it, or choose another --output"
     )
@@ -110,7 +110,7 @@ def test_an_existing_run_is_never_overwritten_without_resume(tmp_path):
 
 def test_resume_continues_exactly_where_the_checkpoint_left_off(tmp_path):
     full = _make(tmp_path / "full", max_iter=12)
-    full.resume_or_load(resume=False)
+    full.resume_or_start(resume=False)
     full.train()
 
     def terminate_at_7(iteration, model):
@@ -118,11 +118,11 @@ def test_resume_continues_exactly_where_the_checkpoint_left_off(tmp_path):
             os.kill(os.getpid(), signal.SIGTERM)
 
     part = _make(tmp_path / "part", max_iter=12, log_period=1, on_step=terminate_at_7)
-    part.resume_or_load(resume=False)
+    part.resume_or_start(resume=False)
     with pytest.raises(TrainingInterrupted):
         part.train()
     resumed = _make(tmp_path / "part", max_iter=12, log_period=1)
-    assert resumed.resume_or_load(resume=True) == 7
+    assert resumed.resume_or_start(resume=True) == 7
     resumed.train()
 
     for key, value in _weights(full).items():
@@ -132,7 +132,7 @@ def test_resume_continues_exactly_where_the_checkpoint_left_off(tmp_path):
 
 def test_nonfinite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     trainer = _make(tmp_path, max_iter=20, nan_at={7})
-    trainer.resume_or_load(resume=False)
+    trainer.resume_or_start(resume=False)
     with pytest.raises(TrainingError) as info:
         trainer.train()
     assert str(info.value) == (
@@ -151,7 +151,7 @@ def test_nonfinite_loss_skip_drops_the_step_and_goes_on(tmp_path, caplog):
             unchanged.append([p.detach().clone() for p in model.parameters()])
 
     trainer = _make(tmp_path, max_iter=10, nan_at={3}, on_step=record, nonfinite_loss="skip")
-    trainer.resume_or_load(resume=False)
+    trainer.resume_or_start(resume=False)
     with caplog.at_level(logging.WARNING, logger=trainer_module.__name__):
         results = trainer.train()
 
@@ -172,7 +172,7 @@ def test_eval_runs_at_its_period_and_at_the_end_without_changing_training(tmp_pa
         return {"val_acc": iteration / 100}
 
     with_eval = _make(tmp_path / "eval", max_iter=10, eval_fn=eval_fn, eval_period=4)
-    with_eval.resume_or_load(resume=False)
+    with_eval.resume_or_start(resume=False)
     results = with_eval.train()
 
     assert calls == [(4, False), (8, False), (10, False)]
@@ -182,7 +182,7 @@ def test_eval_runs_at_its_period_and_at_the_end_without_changing_training(tmp_pa
     assert [(line["iteration"], line["val_acc"]) for line in evals] == [(4, 0.04), (8, 0.08), (10, 0.1)]
 
     without = _make(tmp_path / "plain", max_iter=10)
-    without.resume_or_load(resume=False)
+    without.resume_or_start(resume=False)
     without.train()
     for key, value in _weights(without).items():
         assert torch.equal(value, with_eval.module.state_dict()[key]), key
@@ -196,7 +196,7 @@ def test_a_stop_signal_finishes_the_iteration_saves_and_restores_the_handlers(tm
 
     before = signal.getsignal(signum)
     trainer = _make(tmp_path, max_iter=20, on_step=stop_at_4)
-    trainer.resume_or_load(resume=False)
+    trainer.resume_or_start(resume=False)
     with pytest.raises(TrainingInterrupted) as info:
         trainer.train()
 
@@ -219,7 +219,7 @@ def test_a_second_ctrl_c_stops_at_once(tmp_path):
 
     before = signal.getsignal(signal.SIGINT)
     trainer = _make(tmp_path, max_iter=20, on_step=interrupt_twice)
-    trainer.resume_or_load(resume=False)
+    trainer.resume_or_start(resume=False)
     with pytest.raises(KeyboardInterrupt):
         trainer.train()
     assert trainer.iter == 1
@@ -231,7 +231,7 @@ def test_gradient_clipping_bounds_the_step(tmp_path):
                           warmup_iters=0, weight_decay=0.0, momentum=0.0)
     trainer = _make(tmp_path, max_iter=1, solver=solver, clip_grad_norm=1e-3, log_period=1)
     before = torch.cat([p.detach().flatten().clone() for p in trainer.module.parameters()])
-    trainer.resume_or_load(resume=False)
+    trainer.resume_or_start(resume=False)
     results = trainer.train()
     after = torch.cat([p.detach().flatten() for p in trainer.module.parameters()])
 
@@ -246,7 +246,7 @@ def test_amp_on_cpu_autocasts_to_bfloat16(tmp_path):
         seen.append((torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu")))
 
     trainer = _make(tmp_path, max_iter=3, amp=True, on_step=record)
-    trainer.resume_or_load(resume=False)
+    trainer.resume_or_start(resume=False)
     results = trainer.train()
     assert seen == [(True, torch.bfloat16)] * 3
     assert trainer.scaler is None and torch.isfinite(torch.tensor(results["total_loss"]))
@@ -255,10 +255,10 @@ def test_amp_on_cpu_autocasts_to_bfloat16(tmp_path):
 
 def test_a_checkpoint_of_another_model_is_refused(tmp_path):
     trainer = _make(tmp_path, max_iter=5)
-    trainer.resume_or_load(resume=False)
+    trainer.resume_or_start(resume=False)
     trainer.train()
     with pytest.raises(CheckpointError, match=r"model_0000005.pth does not fit this model or optimiser \("):
-        _make(tmp_path, max_iter=10, hidden=8).resume_or_load(resume=True)
+        _make(tmp_path, max_iter=10, hidden=8).resume_or_start(resume=True)
 
 
 def test_bad_settings_and_a_short_loader_are_reported(tmp_path):
@@ -268,6 +268,6 @@ def test_bad_settings_and_a_short_loader_are_reported(tmp_path):
         _make(tmp_path, checkpoint_period=0)
     trainer = _make(tmp_path, max_iter=5)
     trainer.make_loader = lambda start: iter([next(_batches(start))])
-    trainer.resume_or_load(resume=False)
+    trainer.resume_or_start(resume=False)
     with pytest.raises(RuntimeError, match=r"make_loader\(0\) ended at iteration 1"):
         trainer.train()

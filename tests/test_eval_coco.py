@@ -144,7 +144,7 @@ GOOD = {"images": [{"id": 1}], "categories": [{"id": 3, "name": "car"}], "annota
 @pytest.mark.parametrize(
     "content, expected",
     [
-        ('{"images": [', "not valid JSON (line 1 column 13"),
+        ('{"images": [', "line 1 column 13: malformed JSON"),
         ({"images": [], "categories": []}, "not a COCO instances file"),
         ({**GOOD, "annotations": []}, "has no annotations"),
         ({**GOOD, "annotations": [{k: v for k, v in ANN.items() if k != "bbox"}]}, "annotation #0 lacks 'bbox'"),

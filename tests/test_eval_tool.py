@@ -98,7 +98,7 @@ def test_a_user_error_is_one_line_and_exit_status_2(case, tmp_path):
 @pytest.mark.parametrize(
     "results, expected",
     [
-        ("[{]", "not valid JSON"),
+        ("[{]", "malformed JSON"),
         ('[{"image_id": 1, "category_id": 1, "bbox": [0, 0, 5, 5]}]', "detection #0 lacks 'score'"),
         ('[{"image_id": 99, "category_id": 1, "bbox": [0, 0, 5, 5], "score": 1}]', "image_id 99, which is not"),
     ],

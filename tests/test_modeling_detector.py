@@ -151,7 +151,7 @@ def test_sgd_reduces_the_loss_and_leaves_stem_res2_and_bn_statistics_alone(head)
 def test_c4_head_is_the_backbones_loaded_layer4(tmp_path):
     torch.manual_seed(3)
     source = build_backbone("r18", weights=None, norm="frozen_bn", freeze_at=0)
-    for name, tensor in source.state_dict().items():
+    for tensor in source.state_dict().values():
         if tensor.is_floating_point():
             tensor.copy_(torch.randn_like(tensor).abs() + 0.1)
     weights = tmp_path / "r18.pth"

@@ -23,29 +23,24 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from data_fixtures import make_cifar, make_coco, make_voc, voc_xml, write_image
+from test_eval_report import detections_of, voc_like
 
-from backbones import build_backbone, build_model
+from backbones import build_backbone
 from backbones.errors import UnsafeFileError
 from backbones.serialization import load_pickle, trust_checkpoints
-from data_fixtures import make_cifar, make_coco, make_voc, voc_xml, write_image
-from resnet_det.data.classification import load_cifar10
+from resnet_det.data.cifar import load_cifar10
 from resnet_det.data.coco import load_coco_json
 from resnet_det.data.image_io import header_size, read_image
 from resnet_det.data.sanitize import BadRecordPolicy, RecordSanitizer
 from resnet_det.data.voc import load_voc_split
-from resnet_det.engine.checkpoint import (
-    Checkpointer,
-    atomic_torch_save,
-    capture_rng_state,
-    restore_rng_state,
-)
+from resnet_det.engine.checkpoint import Checkpointer, capture_rng_state, restore_rng_state
 from resnet_det.errors import DatasetError, EvaluationError
+from resnet_det.evaluation import evaluate_detections
 from resnet_det.evaluation.coco import read_json
 from resnet_det.evaluation.report import format_markdown, format_table, write_report
-from resnet_det.safe_paths import inside, output_name, output_path
-
-from test_eval_report import detections_of, voc_like
-from resnet_det.evaluation import evaluate_detections
+from resnet_det.utils.file_io import atomic_torch_save
+from resnet_det.utils.safe_paths import inside, output_name, output_path
 
 REPO = Path(__file__).resolve().parents[1]
 SHAPES_FPN = REPO / "configs" / "shapes" / "faster_rcnn_fpn.yaml"

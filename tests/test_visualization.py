@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from resnet_det.visualization import class_color, draw_detections
+from resnet_det.utils.visualization import class_color, draw_detections
 
 
 def gray(h=120, w=160):

@@ -28,7 +28,7 @@ MEASURES = ("inference", "train", "data", "eval")
 
 
 def parse_args(argv=None):
-    from resnet_det.benchmark import Settings
+    from resnet_det.engine.benchmark import Settings
 
     d = Settings()
     parser = argparse.ArgumentParser(
@@ -63,8 +63,8 @@ def parse_args(argv=None):
 @main_guard
 def main(argv=None):
     args = parse_args(argv)
-    from resnet_det.benchmark import Settings, format_result, run_benchmarks
-    from resnet_det.engine.checkpoint import atomic_write_text
+    from resnet_det.engine.benchmark import Settings, format_result, run_benchmarks
+    from resnet_det.utils.file_io import atomic_write_text
 
     settings = Settings(
         backbone=args.backbone, head=args.head, size=args.size, max_size=args.max_size, proposals=args.proposals,

@@ -20,13 +20,11 @@ voc10 (area AP) for VOC 2012. Numbers are fractions in 0..1, as pycocotools prin
 """
 
 import argparse
-import logging
 import sys
 from pathlib import Path
 
-from resnet_det.cli import add_trust_arg, main_guard
+from resnet_det.cli import add_trust_arg, log_to_stderr, main_guard
 from resnet_det.errors import EvaluationError
-from resnet_det.safe_paths import output_name
 from resnet_det.evaluation import (
     METRICS,
     compare_reports,
@@ -37,6 +35,7 @@ from resnet_det.evaluation import (
     write_report,
 )
 from resnet_det.evaluation.voc_results import RESULT_FILE, read_voc_results, with_voc_image_ids, write_voc_results
+from resnet_det.utils.safe_paths import output_name
 
 
 def parse_args(argv=None):
@@ -168,5 +167,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    log_to_stderr(timestamps=False)
     main()

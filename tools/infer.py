@@ -15,21 +15,13 @@ import json
 import sys
 from pathlib import Path
 
-import cv2
-from tqdm import tqdm
-
 from backbones.serialization import trust_checkpoints
 from resnet_det.cli import add_trust_arg, main_guard
-from resnet_det.data.image_io import read_image
-from resnet_det.engine.checkpoint import atomic_write_bytes, atomic_write_text
 from resnet_det.engine.distributed import resolve_device
+from resnet_det.engine.file_inference import IMAGE_SUFFIXES, VIDEO_SUFFIXES, infer_images, infer_video
 from resnet_det.engine.predictor import Predictor, load_detector
 from resnet_det.errors import ConfigError, DatasetError
-from resnet_det.safe_paths import output_path
-from resnet_det.visualization import draw_detections
-
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
-VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm"}
+from resnet_det.utils.file_io import atomic_write_text
 
 
 def parse_args(argv=None):
@@ -49,59 +41,6 @@ def parse_args(argv=None):
     add_trust_arg(parser)
     parser.add_argument("opts", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. input.min_size_test=800")
     return parser.parse_intermixed_args(argv)
-
-
-def _as_json(name, det, class_names):
-    return {
-        "file": name,
-        "boxes": [[round(float(v), 2) for v in box] for box in det["boxes"]],
-        "scores": [round(float(s), 4) for s in det["scores"]],
-        "labels": [int(label) for label in det["labels"]],
-        "classes": [class_names[int(label) - 1] for label in det["labels"]],
-    }
-
-
-def infer_images(predictor, paths, output: Path, score_thresh: float):
-    results = []
-    for path in tqdm(paths, desc="images", unit="img", disable=len(paths) < 2):
-        image = read_image(path)
-        det = predictor(image)
-        drawn = draw_detections(image, det["boxes"], det["labels"], det["scores"], predictor.class_names, score_thresh)
-        suffix = path.suffix if path.suffix.lower() in IMAGE_SUFFIXES else ".png"
-        ok, encoded = cv2.imencode(suffix, drawn[:, :, ::-1])
-        # A plain file name directly in --output, replacing (not following) a link of that name.
-        atomic_write_bytes(output_path(output, path.stem + suffix), encoded.tobytes())
-        results.append(_as_json(path.name, det, predictor.class_names))
-    return results
-
-
-def infer_video(predictor, path: Path, output: Path, score_thresh: float):
-    capture = cv2.VideoCapture(str(path))
-    if not capture.isOpened():
-        raise DatasetError(f"cannot open video {path}: check the file, or convert it to mp4 (H.264)")
-    fps = capture.get(cv2.CAP_PROP_FPS) or 25.0
-    frames = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) or None
-    out_path = output_path(output, f"{path.stem}_detections.mp4")
-    writer = None
-    results = []
-    try:
-        for index in tqdm(range(frames) if frames else iter(int, 1), desc="frames", unit="frame", total=frames):
-            ok, bgr = capture.read()
-            if not ok:
-                break
-            rgb = bgr[:, :, ::-1].copy()
-            det = predictor(rgb)
-            drawn = draw_detections(rgb, det["boxes"], det["labels"], det["scores"], predictor.class_names, score_thresh)
-            if writer is None:
-                h, w = drawn.shape[:2]
-                writer = cv2.VideoWriter(str(out_path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h))
-            writer.write(drawn[:, :, ::-1])
-            results.append(_as_json(f"{path.name}#{index}", det, predictor.class_names))
-    finally:
-        capture.release()
-        if writer is not None:
-            writer.release()
-    return results
 
 
 @main_guard

@@ -28,7 +28,7 @@ import logging
 from pathlib import Path
 
 from backbones.serialization import trust_checkpoints
-from resnet_det.cli import add_training_args, main_guard, training_overrides
+from resnet_det.cli import add_training_args, log_to_stderr, main_guard, training_overrides
 from resnet_det.config import ClassificationConfig, load_config
 from resnet_det.errors import ConfigError
 
@@ -78,11 +78,11 @@ def build_config(args):
 
 @main_guard
 def main(argv=None):
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    log_to_stderr()
     args = parse_args(argv)
     cfg = build_config(args)
-    from resnet_det.engine.distributed import is_main_process
     from resnet_det.engine.train_classification import train_classifier
+    from resnet_det.utils.comm import is_main_process
 
     with trust_checkpoints(args.trust_checkpoint):
         results = train_classifier(cfg, resume=args.resume, force_unlock=args.force_unlock)

@@ -15,11 +15,10 @@ batch_size / solver.reference_batch_size, unless --lr gives it outright.
 """
 
 import argparse
-import logging
 from pathlib import Path
 
 from backbones.serialization import trust_checkpoints
-from resnet_det.cli import add_training_args, main_guard, training_overrides
+from resnet_det.cli import add_training_args, log_to_stderr, main_guard, training_overrides
 from resnet_det.config import DetectionConfig, load_config
 # Imported before the config loads: it registers the heads and metrics that load_config checks.
 from resnet_det.engine.train_detection import train_detector
@@ -72,7 +71,7 @@ def build_config(args):
 
 @main_guard
 def main(argv=None):
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    log_to_stderr()
     args = parse_args(argv)
     cfg = build_config(args)
     with trust_checkpoints(args.trust_checkpoint):

@@ -20,6 +20,7 @@ from omegaconf.errors import OmegaConfBaseException
 from resnet_det.config.defaults import ClassificationConfig, DetectionConfig
 from resnet_det.config.validate import validate_config
 from resnet_det.errors import ConfigError
+from resnet_det.utils.file_io import atomic_write_text
 
 __all__ = [
     "ClassificationConfig",
@@ -182,8 +183,6 @@ def load_config(
 
 def save_config(cfg: DictConfig, path: os.PathLike) -> None:
     """Write the fully resolved config (what the run really used) atomically."""
-    from resnet_det.engine.checkpoint import atomic_write_text
-
     atomic_write_text(path, OmegaConf.to_yaml(cfg, resolve=True))
 
 

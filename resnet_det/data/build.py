@@ -15,10 +15,11 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from resnet_det.data.image_io import read_image_or_skip
-from resnet_det.data.samplers import InferenceSampler, TrainingBatchSampler, batch_size_per_process
+from resnet_det.data.samplers import InferenceSampler, TrainingBatchSampler
 from resnet_det.data.sanitize import SKIP, BadRecordPolicy
 from resnet_det.data.transforms import TrainAugmentation, clip_boxes, resize_shortest_edge
 from resnet_det.errors import DatasetError
+from resnet_det.utils.comm import per_process_batch_size
 
 logger = logging.getLogger(__name__)
 
@@ -190,7 +191,7 @@ def build_detection_train_loader(
     dataset = DetectionTrainDataset(records, augmentation, skip_corrupt=policy.corrupt_image == SKIP)
     sampler = TrainingBatchSampler(
         len(records),
-        batch_size or batch_size_per_process(cfg.solver.batch_size, world_size),
+        batch_size or per_process_batch_size(cfg.solver.batch_size, world_size),
         group_ids=aspect_ratio_groups(records) if cfg.dataloader.aspect_ratio_grouping else None,
         seed=cfg.train.seed,
         rank=rank,

@@ -12,7 +12,6 @@ A ``file_name`` is relative to the images folder and must stay inside it (no abs
 
 import contextlib
 import io
-import json
 import os
 from collections import Counter
 from pathlib import Path
@@ -22,28 +21,12 @@ from pycocotools.coco import COCO
 
 from resnet_det.data.sanitize import RecordSanitizer, is_number
 from resnet_det.errors import DatasetError
-from resnet_det.limits import check_json_size
-from resnet_det.safe_paths import inside
+from resnet_det.utils.file_io import read_json
+from resnet_det.utils.safe_paths import inside
 
 
 def _is_int(x) -> bool:
     return isinstance(x, int) and not isinstance(x, bool)
-
-
-def _read_json(path: Path):
-    check_json_size(path, DatasetError)
-    try:
-        return json.loads(path.read_bytes())
-    except OSError as e:
-        raise DatasetError(f"cannot read {path} ({e.strerror}); check the path and its permissions") from None
-    except json.JSONDecodeError as e:
-        raise DatasetError(
-            f"{path}: line {e.lineno} column {e.colno}: malformed JSON ({e.msg}); fix or re-download the file"
-        ) from None
-    except (ValueError, RecursionError) as e:  # not UTF-8 text, absurd numbers, absurd nesting
-        raise DatasetError(
-            f"{path}: not a readable JSON file ({type(e).__name__}: {str(e)[:80]}); fix or re-download it"
-        ) from None
 
 
 def _check_items(data: dict, key: str, fields: dict, path: Path, required: bool = True) -> list:
@@ -88,7 +71,7 @@ def load_coco_json(
 ) -> Tuple[List[dict], dict]:
     """Records and metadata of a COCO instances file whose ``file_name``s are under ``images_dir``."""
     path = Path(annotations_json)
-    data = _read_json(path)
+    data = read_json(path, "annotation file", DatasetError)
     if not isinstance(data, dict):
         raise DatasetError(f"{path}: the top level is not an object; {_LAYOUT}")
     images = _check_items(data, "images", _IMAGE_FIELDS, path)

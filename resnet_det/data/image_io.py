@@ -6,7 +6,7 @@ converted rather than refused, so one odd file does not stop a run. Files that c
 "skip" use ``read_image_or_skip`` instead.
 
 Before decoding, the size a PNG, JPEG, GIF or BMP header claims is checked against
-``$RESNET_DET_MAX_IMAGE_PIXELS`` (``resnet_det.limits``): a file of a few bytes can claim
+``$RESNET_DET_MAX_IMAGE_PIXELS`` (``resnet_det.utils.limits``): a file of a few bytes can claim
 100000 x 100000 pixels, 30 GB once decoded. Other formats are bounded by OpenCV's own limit
 (``OPENCV_IO_MAX_IMAGE_PIXELS``, 2**30 pixels, read when cv2 is imported).
 """
@@ -20,7 +20,7 @@ import cv2
 import numpy as np
 
 from resnet_det.errors import DatasetError
-from resnet_det.limits import MAX_IMAGE_PIXELS_ENV, max_image_pixels
+from resnet_det.utils.limits import MAX_IMAGE_PIXELS_ENV, max_image_pixels
 
 logger = logging.getLogger(__name__)
 

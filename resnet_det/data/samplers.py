@@ -18,17 +18,6 @@ from typing import Iterator, List, Optional, Sequence, Tuple
 import numpy as np
 from torch.utils.data import Sampler
 
-from resnet_det.errors import ConfigError
-
-
-def batch_size_per_process(total: int, world_size: int) -> int:
-    """``solver.batch_size`` is over all processes; each process loads its share."""
-    if total < world_size or total % world_size:
-        raise ConfigError(
-            f"solver.batch_size={total} does not divide over {world_size} processes; use a multiple of {world_size}"
-        )
-    return total // world_size
-
 
 def sample_seed(seed: int, rank: int, iteration: int, position: int) -> int:
     """The augmentation seed of one batch element (32 well-mixed bits)."""

@@ -16,16 +16,16 @@ Files are found by the ids of the image set (``<id>.xml``, ``<id>.jpg``), which 
 import os
 import xml.etree.ElementTree as ET
 import zlib
-from xml.parsers.expat import ErrorString
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
+from xml.parsers.expat import ErrorString
 
 import defusedxml
 import defusedxml.ElementTree
 
 from resnet_det.data.sanitize import RecordSanitizer
 from resnet_det.errors import DatasetError
-from resnet_det.safe_paths import inside
+from resnet_det.utils.safe_paths import inside
 
 VOC_CLASSES = (
     "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",

@@ -1,20 +1,16 @@
 """Training machinery shared by detection and classification: the loop, checkpoints, the
 optimiser and schedule, metrics, and multi-process helpers."""
 
-from resnet_det.engine.checkpoint import Checkpointer, atomic_torch_save, atomic_write_bytes, atomic_write_text
-from resnet_det.engine.distributed import DistInfo, init_distributed, per_process_batch_size, resolve_device
+from resnet_det.engine.checkpoint import Checkpointer
+from resnet_det.engine.distributed import DistInfo, init_distributed, resolve_device
 from resnet_det.engine.events import EventWriter
 from resnet_det.engine.solver import build_lr_scheduler, build_optimizer, scaled_lr
 from resnet_det.engine.trainer import Trainer, TrainingInterrupted, set_deterministic
 
 __all__ = [
     "Checkpointer",
-    "atomic_torch_save",
-    "atomic_write_bytes",
-    "atomic_write_text",
     "DistInfo",
     "init_distributed",
-    "per_process_batch_size",
     "resolve_device",
     "EventWriter",
     "build_lr_scheduler",

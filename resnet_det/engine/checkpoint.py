@@ -1,19 +1,17 @@
-"""Crash-safe checkpoints: atomic writes, ``last_checkpoint``, pruning, and corrupt-file fallback.
+"""Crash-safe checkpoints: ``last_checkpoint``, pruning, corrupt-file fallback and RNG state.
 
-Every file is written to a temporary name in its own folder, flushed to disk and renamed over the
-target, so a reader sees either the old file or the complete new one, never half of one: a run
-killed mid-save, or a disk that fills up, leaves the previous checkpoint usable for ``--resume``.
+Checkpoints are written with ``utils.file_io.atomic_torch_save`` (a temporary file renamed over the
+target once on disk), so a run killed mid-save, or a disk that fills up, leaves the previous
+checkpoint usable for ``--resume``.
 """
 
 import contextlib
-import errno
 import logging
 import os
 import random
 import re
-import secrets
 from pathlib import Path
-from typing import IO, Any, Dict, Iterator, List, Optional
+from typing import Any, Dict, List, Optional
 
 import numpy as np
 import torch
@@ -21,12 +19,9 @@ import torch
 from backbones.errors import UnsafeFileError
 from backbones.serialization import torch_load
 from resnet_det.errors import CheckpointError, ConfigError
+from resnet_det.utils.file_io import atomic_torch_save, atomic_write_text
 
 __all__ = [
-    "atomic_write_bytes",
-    "atomic_write_text",
-    "atomic_torch_save",
-    "remove_temporary_files",
     "capture_rng_state",
     "restore_rng_state",
     "Checkpointer",
@@ -37,99 +32,11 @@ logger = logging.getLogger(__name__)
 LAST_CHECKPOINT = "last_checkpoint"
 FINAL_CHECKPOINT = "model_final.pth"
 _PERIODIC = re.compile(r"^model_(\d{7,})\.pth$")
-# Temporary files of _atomic_open for checkpoints, with the writer's process id.
+# Temporary files of utils.file_io's atomic writes of checkpoints, with the writer's process id.
 _CHECKPOINT_TMP = re.compile(r"^\.model_(\d{7,}|final)\.pth\.(\d+)\.[0-9a-f]+\.tmp$")
 # What a periodic checkpoint must hold to be resumed; anything less counts as corrupt.
 # (model_final.pth holds only model, iteration, config and meta.)
 RESUME_KEYS = ("model", "optimizer", "scheduler", "iteration", "rng")
-
-
-def _fix_for(err: OSError) -> str:
-    if err.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
-        return "free space or choose another --output"
-    if err.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-        return "make the folder writable or choose another --output"
-    return "check the folder or choose another --output"
-
-
-def _fsync_dir(folder: Path) -> None:
-    # Makes the rename itself durable. Best effort: some filesystems (and Windows) cannot open or
-    # fsync a directory, and by now the new file is already complete under its final name.
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-@contextlib.contextmanager
-def _atomic_open(path: os.PathLike, previous: str) -> Iterator[IO]:
-    """Yield a temporary file beside ``path`` that replaces ``path`` only once fully on disk."""
-    path = Path(path)
-    tmp: Optional[str] = None
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # Not tempfile.mkstemp: its files are private (0600); this one honours the umask like open().
-        tmp = str(path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
-        with os.fdopen(fd, "wb") as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        tmp = None
-    except OSError as e:
-        reason = e.strerror or str(e)
-        raise CheckpointError(f"cannot write {path}: {reason}; {_fix_for(e)}; {previous}") from e
-    finally:
-        if tmp is not None:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-    _fsync_dir(path.parent)
-
-
-def atomic_write_bytes(path: os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically; on failure the previous file is left as it was."""
-    with _atomic_open(path, "the previous file is intact") as f:
-        f.write(data)
-
-
-def atomic_write_text(path: os.PathLike, text: str) -> None:
-    """Write ``text`` (UTF-8) to ``path`` atomically; on failure the previous file is left as it was."""
-    atomic_write_bytes(path, text.encode("utf-8"))
-
-
-def atomic_torch_save(obj: Any, path: os.PathLike) -> None:
-    """``torch.save`` straight into a temporary file (no second copy in memory), then rename."""
-    with _atomic_open(path, "the previous checkpoint is intact") as f:
-        torch.save(obj, f)
-
-
-# Any temporary file of _atomic_open: ".<name>.<pid>.<8 hex digits>.tmp".
-_ATOMIC_TMP = re.compile(r"^\..+\.\d+\.[0-9a-f]{8}\.tmp$")
-
-
-def remove_temporary_files(folder: os.PathLike) -> List[Path]:
-    """Delete the temporary files that saves killed midway left in ``folder``; return them.
-
-    Only for the folder's one writer (the holder of its run lock): another writer's save in
-    progress would look the same.
-    """
-    folder = Path(folder)
-    if not folder.is_dir():
-        return []
-    removed = []
-    for path in sorted(folder.iterdir()):
-        if _ATOMIC_TMP.match(path.name) and path.is_file():
-            with contextlib.suppress(FileNotFoundError):
-                path.unlink()
-                removed.append(path)
-    return removed
 
 
 def capture_rng_state() -> Dict[str, Any]:

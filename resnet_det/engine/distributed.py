@@ -1,35 +1,22 @@
-"""Multi-process training under ``torchrun``: process group setup, rank helpers and collectives.
+"""Multi-process training under ``torchrun``: the device, and joining and leaving the process group.
 
 One process per device. Without torchrun's environment (``RANK``, ``WORLD_SIZE``,
 ``LOCAL_RANK``) everything here works as a single process, so the same code runs everywhere.
 Collectives carry a timeout so that a worker that dies or hangs makes the others fail with an
-error instead of waiting forever.
+error instead of waiting forever. The rank helpers and collectives themselves live in
+``resnet_det.utils.comm``, which evaluation uses too.
 """
 
 import datetime
 import os
 from dataclasses import dataclass
-from typing import Any, Dict, List, Mapping, Union
 
 import torch
 import torch.distributed as dist
 
 from resnet_det.errors import ConfigError, TrainingError
 
-__all__ = [
-    "DistInfo",
-    "resolve_device",
-    "init_distributed",
-    "per_process_batch_size",
-    "is_main_process",
-    "get_rank",
-    "get_world_size",
-    "barrier",
-    "all_gather_object",
-    "reduce_dict",
-    "all_reduce_max",
-    "cleanup",
-]
+__all__ = ["DistInfo", "resolve_device", "init_distributed", "cleanup"]
 
 
 @dataclass(frozen=True)
@@ -98,69 +85,6 @@ def init_distributed(device: str = "auto", timeout_s: float = 600) -> DistInfo:
                 f"({reason}); check that every worker started, or pass torchrun another --master_port"
             ) from e
     return DistInfo(rank=rank, world_size=world_size, local_rank=local_rank, device=dev)
-
-
-def per_process_batch_size(batch_size: int, world_size: int) -> int:
-    """Split ``solver.batch_size`` (images per iteration over all processes) evenly among them."""
-    if batch_size % world_size:
-        raise ConfigError(
-            f"solver.batch_size={batch_size} does not divide among {world_size} processes: "
-            f"use a multiple of {world_size}"
-        )
-    return batch_size // world_size
-
-
-def get_world_size() -> int:
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-
-
-def get_rank() -> int:
-    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
-
-
-def is_main_process() -> bool:
-    return get_rank() == 0
-
-
-def barrier() -> None:
-    if get_world_size() > 1:
-        dist.barrier()
-
-
-def all_gather_object(obj: Any) -> List[Any]:
-    """Every rank's ``obj``, in rank order (``[obj]`` in a single process)."""
-    if get_world_size() == 1:
-        return [obj]
-    gathered: List[Any] = [None] * get_world_size()
-    dist.all_gather_object(gathered, obj)
-    return gathered
-
-
-def _collective_device() -> torch.device:
-    # NCCL reduces only CUDA tensors; gloo only CPU ones.
-    if dist.get_backend() == "nccl":
-        return torch.device("cuda", torch.cuda.current_device())
-    return torch.device("cpu")
-
-
-def reduce_dict(values: Mapping[str, Union[float, torch.Tensor]]) -> Dict[str, float]:
-    """The mean of each scalar over all ranks, for logging (every rank must pass the same keys)."""
-    keys = sorted(values)
-    if get_world_size() == 1 or not keys:
-        return {k: float(values[k]) for k in keys}
-    stacked = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64, device=_collective_device())
-    dist.all_reduce(stacked)
-    stacked /= get_world_size()
-    return dict(zip(keys, stacked.tolist()))
-
-
-def all_reduce_max(flags: torch.Tensor) -> torch.Tensor:
-    """Element-wise maximum over ranks: "did any rank ...?" for decisions all ranks must share."""
-    if get_world_size() == 1:
-        return flags
-    flags = flags.to(_collective_device())
-    dist.all_reduce(flags, op=dist.ReduceOp.MAX)
-    return flags.cpu()
 
 
 def cleanup() -> None:

@@ -16,13 +16,13 @@ from typing import Mapping
 
 from tqdm import tqdm
 
-from resnet_det.engine.checkpoint import atomic_write_text
+from resnet_det.evaluation.curves import METRICS_FILE
+from resnet_det.utils.file_io import atomic_write_text, json_lines
 
 __all__ = ["EventWriter", "truncate_metrics", "METRICS_FILE"]
 
 logger = logging.getLogger(__name__)
 
-METRICS_FILE = "metrics.jsonl"
 TENSORBOARD_DIR = "tb"
 # Scalars the console line leaves out: ETA and timings are shown in their own form.
 _NOT_IN_POSTFIX = ("iteration", "eta_seconds", "time", "data_time")
@@ -37,16 +37,9 @@ def truncate_metrics(path: os.PathLike, iteration: int) -> None:
     path = Path(path)
     if not path.is_file():
         return
-    lines = path.read_text().splitlines(keepends=True)
-    kept = []
-    for line in lines:
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if line.endswith("\n") and isinstance(record, dict) and record.get("iteration", iteration + 1) <= iteration:
-            kept.append(line)
-    if kept != lines:
+    text = path.read_text()
+    kept = [line for line, record in json_lines(text) if record.get("iteration", iteration + 1) <= iteration]
+    if "".join(kept) != text:
         atomic_write_text(path, "".join(kept))
 
 

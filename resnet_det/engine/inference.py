@@ -12,8 +12,8 @@ import torch
 from tqdm import tqdm
 
 from resnet_det.data.build import build_detection_test_loader, unreadable_files
-from resnet_det.engine import distributed as dist_utils
 from resnet_det.modeling import prepare_for_inference
+from resnet_det.utils import comm
 
 logger = logging.getLogger(__name__)
 
@@ -55,7 +55,7 @@ def run_inference(
         loader,
         desc="inference",
         unit="batch",
-        disable=not progress or not dist_utils.is_main_process(),
+        disable=not progress or not comm.is_main_process(),
         dynamic_ncols=True,
     )
     with torch.inference_mode():
@@ -65,8 +65,8 @@ def run_inference(
             images = [im.to(device, non_blocking=non_blocking) for im in images]
             for output, info in zip(model(images), infos):
                 results.extend(detections_to_coco(output, info, label_to_category_id))
-    if dist_utils.get_world_size() > 1:
-        results = [d for part in dist_utils.all_gather_object(results) for d in part]
+    if comm.get_world_size() > 1:
+        results = [d for part in comm.all_gather_object(results) for d in part]
     results.sort(key=lambda d: (d["image_id"], -d["score"]))
     return results
 
@@ -77,7 +77,7 @@ def detect_on_records(
     """Detections of ``model`` on ``records`` through the test loader and the inference fast path
     (``cfg.test``), each rank taking its shard. ``model`` itself is left as it was (trainable)."""
     loader = build_detection_test_loader(
-        cfg, records, rank=dist_utils.get_rank(), world_size=dist_utils.get_world_size()
+        cfg, records, rank=comm.get_rank(), world_size=comm.get_world_size()
     )
     fast = prepare_for_inference(
         model,

@@ -55,7 +55,7 @@ def build_optimizer(model: nn.Module, solver_cfg) -> torch.optim.SGD:
     included); frozen ones (``requires_grad=False``: frozen BN, ``freeze_at`` stages) are left out
     so they take no momentum buffers.
     """
-    params = [p for p in model.parameters() if p.requires_grad]
+    params = [param for param in model.parameters() if param.requires_grad]
     if not params:
         raise ConfigError("the model has no trainable parameters: lower model.backbone.freeze_at")
     return torch.optim.SGD(
@@ -206,7 +206,7 @@ def build_lr_scheduler(
     steps = list(solver_cfg.steps if steps is None else steps)
     check_schedule(solver_cfg, steps)
     policy = getattr(solver_cfg, "lr_policy", "steps")
-    unreached = [s for s in steps if s >= max_iter]
+    unreached = [step for step in steps if step >= max_iter]
     if unreached:
         logger.warning("solver.steps %s are not before max_iter=%d: the lr never drops there", unreached, max_iter)
     return WarmupDecayLR(

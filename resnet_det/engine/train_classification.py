@@ -9,7 +9,6 @@ reads, so they load into ``build_backbone`` and ``train_det.py --weights`` as th
 
 import logging
 import math
-from pathlib import Path
 from typing import Dict, List, Sequence, Tuple
 
 import torch
@@ -17,14 +16,13 @@ import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 
 from backbones import InputFormat, build_model
-from resnet_det.config import save_config
 from resnet_det.data.classification import build_classification_loaders, classification_train_loader
-from resnet_det.engine import distributed as dist_utils
-from resnet_det.engine.run_lock import hold_run_lock
+from resnet_det.engine.run import TrainingRun, training_run
 from resnet_det.engine.solver import build_lr_scheduler, build_optimizer
-from resnet_det.engine.trainer import Trainer, set_deterministic
+from resnet_det.engine.trainer import Trainer
 from resnet_det.errors import ConfigError, DatasetError
 from resnet_det.evaluation.classification import evaluate_classifier, topk_correct
+from resnet_det.utils.comm import reduce_dict
 
 __all__ = ["train_classifier", "derive_schedule", "classification_meta"]
 
@@ -73,23 +71,23 @@ def classification_meta(
 
 
 def _build_model(cfg: DictConfig, num_classes: int, data_format: InputFormat) -> torch.nn.Module:
-    m = cfg.model
+    model_cfg = cfg.model
     model = build_model(
-        m.name,
+        model_cfg.name,
         num_classes,
-        weights=m.weights,
-        shortcut=m.shortcut,
-        stride_in_1x1=m.stride_in_1x1,
-        zero_init_residual=m.zero_init_residual,
-        norm=m.norm,
+        weights=model_cfg.weights,
+        shortcut=model_cfg.shortcut,
+        stride_in_1x1=model_cfg.stride_in_1x1,
+        zero_init_residual=model_cfg.zero_init_residual,
+        norm=model_cfg.norm,
     )
-    if m.weights is not None:
+    if model_cfg.weights is not None:
         # The loader normalises with cfg.input; weights trained on another normalisation (e.g.
         # MSRA's BGR, unscaled) would see inputs they were not made for.
         if model.input_format != data_format:
             logger.warning(
                 "%s expects input %s but the data is normalised as %s: set input.pixel_mean/pixel_std "
-                "to match, or expect a slower start", m.weights, model.input_format, data_format,
+                "to match, or expect a slower start", model_cfg.weights, model.input_format, data_format,
             )
     return model
 
@@ -100,14 +98,12 @@ def train_classifier(cfg: DictConfig, resume: bool = False, force_unlock: bool =
     The run folder is locked from the start and written only once the trainer has accepted it,
     as in detection; ``force_unlock`` takes over a lock left by another host (see ``run_lock``).
     """
-    dist = dist_utils.init_distributed(cfg.train.device, cfg.train.collective_timeout_s)
-    with hold_run_lock(cfg.train.output_dir, dist.is_main, force=force_unlock):
-        return _train_classifier(cfg, dist, resume)
+    with training_run(cfg, resume=resume, force_unlock=force_unlock) as run:
+        return _train_classifier(cfg, run)
 
 
-def _train_classifier(cfg: DictConfig, dist: dist_utils.DistInfo, resume: bool) -> Dict[str, float]:
-    set_deterministic(cfg.train.seed + dist.rank, cfg.train.deterministic, cfg.train.cudnn_benchmark)
-    output_dir = Path(cfg.train.output_dir)
+def _train_classifier(cfg: DictConfig, run: TrainingRun) -> Dict[str, float]:
+    dist = run.dist
 
     train_loader, val_loader, class_names = build_classification_loaders(
         cfg, start_iter=0, rank=dist.rank, world_size=dist.world_size
@@ -145,22 +141,22 @@ def _train_classifier(cfg: DictConfig, dist: dist_utils.DistInfo, resume: bool) 
     channels_last = cfg.train.channels_last and on_gpu
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
 
-    def step_fn(m, batch):
+    def step_fn(training_model, batch):
         images, labels = batch
         images = images.to(dist.device, non_blocking=on_gpu, memory_format=memory_format)
         labels = labels.to(dist.device, non_blocking=on_gpu)
-        logits = m(images)
+        logits = training_model(images)
         loss = F.cross_entropy(logits.float(), labels)
         top1 = topk_correct(logits.detach(), labels, ks=(1,))[0]
         top1_err = 100.0 - 100.0 * float(top1) / len(labels)
         if scheduler.warming_up_by_error:
             # Every rank must end the warm-up at the same iteration: the mean over ranks.
-            scheduler.observe_train_error(dist_utils.reduce_dict({"top1_err": top1_err})["top1_err"])
+            scheduler.observe_train_error(reduce_dict({"top1_err": top1_err})["top1_err"])
         return {"loss_cls": loss}, {"top1_err": top1_err}
 
-    def eval_fn(m, iteration):
+    def eval_fn(module, iteration):
         metrics = evaluate_classifier(
-            m, val_loader, dist.device, ten_crop=cfg.input.ten_crop_test, channels_last=channels_last
+            module, val_loader, dist.device, ten_crop=cfg.input.ten_crop_test, channels_last=channels_last
         )
         if dist.rank == 0:
             logger.info(
@@ -182,9 +178,8 @@ def _train_classifier(cfg: DictConfig, dist: dist_utils.DistInfo, resume: bool) 
         eval_fn=eval_fn,
         meta=meta,
     )
-    trainer.resume_or_load(resume)
-    if dist.rank == 0:
-        save_config(cfg, output_dir / "config.yaml")
+    run.start(trainer, cfg)
+    if dist.is_main:
         logger.info(
             "training %s on %d images of %s (%d classes) for %d iterations (%.1f epochs)",
             cfg.model.name, train_size, cfg.data.dataset, num_classes, max_iter,

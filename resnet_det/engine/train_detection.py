@@ -3,9 +3,10 @@
 Builds the datasets, the detector, the solver and the shared ``Trainer``; writes the resolved
 ``config.yaml`` and the data report into the run folder before the first iteration, evaluates at
 ``eval_period`` and at the end, and leaves the mAP report of the last evaluation beside the
-checkpoints. The run folder's lock is held from the start, and nothing is written before the
-trainer has accepted the folder (a new run, or one to resume), so a refused call changes nothing; the data
-report is updated at the end with the images found undecodable.
+checkpoints. The set-up is ``engine.run``'s: the run folder's lock is held from the start, and
+nothing is written before the trainer has accepted the folder (a new run, or one to resume), so a
+refused call changes nothing. The data report is updated at the end with the images found
+undecodable.
 """
 
 import json
@@ -16,20 +17,20 @@ from typing import Dict, List, Tuple
 import torch
 from omegaconf import DictConfig
 
-from resnet_det.config import config_hash, save_config
+from resnet_det.config import config_hash
 from resnet_det.data.build import build_detection_train_loader, unreadable_files
 from resnet_det.data.catalog import get_dataset, get_datasets, register_from_config
-from resnet_det.engine import distributed as dist_utils
-from resnet_det.engine.checkpoint import atomic_write_text
 from resnet_det.engine.inference import detect_on_records
-from resnet_det.engine.run_lock import hold_run_lock
+from resnet_det.engine.run import TrainingRun, training_run
 from resnet_det.engine.solver import build_lr_scheduler, build_optimizer
-from resnet_det.engine.trainer import Trainer, set_deterministic
+from resnet_det.engine.trainer import Trainer
 from resnet_det.errors import ConfigError, DatasetError
 from resnet_det.evaluation.evaluator import evaluate_detections
 from resnet_det.evaluation.report import format_table, write_report
 from resnet_det.modeling import build_detector, compile_backbone
-from resnet_det.safe_paths import output_name
+from resnet_det.utils import comm
+from resnet_det.utils.file_io import atomic_write_text
+from resnet_det.utils.safe_paths import output_name
 
 logger = logging.getLogger(__name__)
 
@@ -72,7 +73,7 @@ def evaluate_detector(
     records, metadata = get_dataset(dataset_name, root=cfg.datasets.root, policy=cfg.datasets)
     detections = detect_on_records(model, cfg, records, metadata, device, progress=progress)
     report = {}
-    if dist_utils.is_main_process():
+    if comm.is_main_process():
         report = evaluate_detections(detections, records, metadata, metric=cfg.test.metric)
         report.update(
             {"dataset": dataset_name, "checkpoint": checkpoint, "config_hash": config_hash(cfg)}
@@ -110,15 +111,12 @@ def train_detector(cfg: DictConfig, resume: bool = False, force_unlock: bool = F
     ``force_unlock`` takes over a lock that a process on another host left (see ``run_lock``).
     """
     check_backbone_weights(cfg)
-    dist = dist_utils.init_distributed(cfg.train.device, cfg.train.collective_timeout_s)
-    dist_utils.per_process_batch_size(cfg.solver.batch_size, dist.world_size)
-    with hold_run_lock(cfg.train.output_dir, dist.is_main, force=force_unlock):
-        return _train_detector(cfg, dist, resume)
+    with training_run(cfg, resume=resume, force_unlock=force_unlock) as run:
+        return _train_detector(cfg, run)
 
 
-def _train_detector(cfg: DictConfig, dist: dist_utils.DistInfo, resume: bool) -> Dict:
-    set_deterministic(cfg.train.seed + dist.rank, cfg.train.deterministic, cfg.train.cudnn_benchmark)
-    output_dir = Path(cfg.train.output_dir)
+def _train_detector(cfg: DictConfig, run: TrainingRun) -> Dict:
+    dist, output_dir = run.dist, run.output_dir
 
     records, metadata = load_training_data(cfg)
     num_classes = cfg.model.num_classes or len(metadata["class_names"])
@@ -145,20 +143,20 @@ def _train_detector(cfg: DictConfig, dist: dist_utils.DistInfo, resume: bool) ->
 
     non_blocking = dist.device.type == "cuda"
 
-    def step_fn(m, batch):
+    def step_fn(training_model, batch):
         images, targets = batch
         images = [im.to(dist.device, non_blocking=non_blocking) for im in images]
         targets = [
             {k: (v.to(dist.device, non_blocking=non_blocking) if torch.is_tensor(v) else v) for k, v in t.items()}
             for t in targets
         ]
-        return m(images, targets), {}
+        return training_model(images, targets), {}
 
-    def eval_fn(m, iteration):
+    def eval_fn(module, iteration):
         scores = {}
         for name in cfg.datasets.test:
             report = evaluate_detector(
-                m, cfg, name, dist.device, output_dir / "eval" / output_name(name), checkpoint=f"iteration {iteration}"
+                module, cfg, name, dist.device, output_dir / "eval" / output_name(name), checkpoint=f"iteration {iteration}"
             )
             scores.update({f"{name}/{k}": v for k, v in report.get("summary", {}).items()})
         return scores
@@ -174,13 +172,9 @@ def _train_detector(cfg: DictConfig, dist: dist_utils.DistInfo, resume: bool) ->
         eval_fn=eval_fn if len(cfg.datasets.test) else None,
         meta=meta,
     )
-    trainer.resume_or_load(resume)
-    if dist.rank == 0:
-        save_config(cfg, output_dir / "config.yaml")
-        counts = metadata["sanitize_counts"]
-        atomic_write_text(output_dir / "data_report.json", json.dumps(counts.to_dict(), indent=2, sort_keys=True) + "\n")
-        if counts.total():
-            logger.warning("data: %s (details in %s)", counts.summary(), output_dir / "data_report.json")
+    run.start(trainer, cfg)
+    if dist.is_main:
+        write_data_report(metadata["sanitize_counts"], output_dir)
         logger.info("training on %d images of %s, %d classes", len(records), list(cfg.datasets.train), num_classes)
     results = trainer.train()
     report_unreadable_images(train_sets, metadata["sanitize_counts"], output_dir)
@@ -191,10 +185,17 @@ def report_unreadable_images(datasets, counts, output_dir: Path) -> None:
     """Add the training images skipped as undecodable (``datasets.corrupt_image=skip``; only known
     once read) to the counts of ``data_report.json``, over all ranks (a collective)."""
     files = unreadable_files(datasets)
-    if dist_utils.get_world_size() > 1:
-        files = sorted({name for part in dist_utils.all_gather_object(files) for name in part})
-    if not files or not dist_utils.is_main_process():
+    if comm.get_world_size() > 1:
+        files = sorted({name for part in comm.all_gather_object(files) for name in part})
+    if not files or not comm.is_main_process():
         return
     counts.add_undecodable(files)
-    atomic_write_text(output_dir / "data_report.json", json.dumps(counts.to_dict(), indent=2, sort_keys=True) + "\n")
-    logger.warning("data: %s (details in %s)", counts.summary(), output_dir / "data_report.json")
+    write_data_report(counts, output_dir)
+
+
+def write_data_report(counts, output_dir: Path) -> None:
+    """``data_report.json``: what the bad-record policies fixed or skipped; a warning if anything."""
+    path = output_dir / "data_report.json"
+    atomic_write_text(path, json.dumps(counts.to_dict(), indent=2, sort_keys=True) + "\n")
+    if counts.total():
+        logger.warning("data: %s (details in %s)", counts.summary(), path)

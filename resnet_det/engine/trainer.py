@@ -33,17 +33,13 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from resnet_det.config.validate import check_trainer_settings
-from resnet_det.engine.checkpoint import (
-    FINAL_CHECKPOINT,
-    Checkpointer,
-    capture_rng_state,
-    remove_temporary_files,
-    restore_rng_state,
-)
-from resnet_det.engine.distributed import DistInfo, all_gather_object, all_reduce_max, reduce_dict
+from resnet_det.engine.checkpoint import FINAL_CHECKPOINT, Checkpointer, capture_rng_state, restore_rng_state
+from resnet_det.engine.distributed import DistInfo
 from resnet_det.engine.events import EventWriter
 from resnet_det.engine.run_lock import hold_run_lock
 from resnet_det.errors import CheckpointError, ConfigError, TrainingError
+from resnet_det.utils.comm import all_gather_object, all_reduce_max, reduce_dict
+from resnet_det.utils.file_io import remove_temporary_files
 
 __all__ = ["Trainer", "TrainingInterrupted", "PREEMPTED_EXIT_STATUS", "set_deterministic", "StepFn", "EvalFn"]
 
@@ -145,7 +141,7 @@ class _Window:
 
 
 class Trainer:
-    """Train ``model`` from ``resume_or_load()``'s iteration to ``max_iter``; see the module doc.
+    """Train ``model`` from ``resume_or_start()``'s iteration to ``max_iter``; see the module doc.
 
     ``step_fn(model, batch) -> (losses, extras)``: the loss tensors to sum and back-propagate,
     and extra scalars to log (e.g. accuracy); it moves the batch to the model's device (and to
@@ -242,7 +238,7 @@ class Trainer:
 
     # -- resuming ------------------------------------------------------------------------------
 
-    def resume_or_load(self, resume: bool) -> int:
+    def resume_or_start(self, resume: bool) -> int:
         """Restore the newest good checkpoint (``resume``) or start at 0; return the start iteration.
 
         Without ``resume``, a folder that already holds checkpoints is refused rather than mixed
@@ -251,7 +247,7 @@ class Trainer:
         written; then the temporary files of saves that a crash cut short are removed.
         """
         with hold_run_lock(self.output_dir, self.dist.is_main):
-            start = self._resume_or_load(resume)
+            start = self._resume_or_start(resume)
             if self.dist.is_main:
                 removed = remove_temporary_files(self.output_dir)
                 if removed:
@@ -261,7 +257,7 @@ class Trainer:
                     )
         return start
 
-    def _resume_or_load(self, resume: bool) -> int:
+    def _resume_or_start(self, resume: bool) -> int:
         if not resume:
             if self.checkpointer.has_checkpoint():
                 raise ConfigError(
@@ -389,7 +385,7 @@ class Trainer:
         TrainingInterrupted after SIGINT/SIGTERM/SIGUSR1 once the current iteration is checkpointed.
         """
         if self.start_iter is None:
-            raise RuntimeError("call resume_or_load() before train()")
+            raise RuntimeError("call resume_or_start() before train()")
         if self.start_iter >= self.max_iter:
             logger.info("%s is already trained to iteration %d; nothing to do", self.output_dir, self.max_iter)
             return {"iteration": float(self.start_iter)}

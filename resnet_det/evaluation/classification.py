@@ -13,8 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from resnet_det.engine.distributed import all_gather_object
 from resnet_det.errors import EvaluationError
+from resnet_det.utils.comm import all_gather_object
 
 __all__ = ["topk_correct", "evaluate_classifier"]
 

@@ -10,7 +10,6 @@ them; -1 is its "no ground truth in this range".
 
 import contextlib
 import io
-import json
 import logging
 import math
 import numbers
@@ -23,7 +22,7 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from resnet_det.errors import EvaluationError
-from resnet_det.limits import check_json_size
+from resnet_det.utils import file_io
 
 logger = logging.getLogger(__name__)
 
@@ -34,18 +33,7 @@ DETECTION_FIELDS = ("image_id", "category_id", "bbox", "score")
 
 def read_json(path: Path, what: str) -> Any:
     """The parsed JSON of ``path``; a missing or malformed file is an ``EvaluationError``."""
-    path = Path(path)
-    if not path.is_file():
-        raise EvaluationError(f"{what} {path} does not exist: give the path of a JSON file")
-    check_json_size(path, EvaluationError)
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise EvaluationError(
-            f"{path}: not valid JSON (line {e.lineno} column {e.colno}: {e.msg}); fix or regenerate the {what}"
-        ) from None
-    except UnicodeDecodeError:
-        raise EvaluationError(f"{path}: not a UTF-8 text file; the {what} must be JSON") from None
+    return file_io.read_json(path, what, EvaluationError, fix=f"fix or regenerate the {what}")
 
 
 def _is_number(v: Any) -> bool:

@@ -14,6 +14,7 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 from resnet_det.errors import EvaluationError
 from resnet_det.evaluation.coco import read_json
 from resnet_det.evaluation.plots import pr_curves_png
+from resnet_det.utils.file_io import atomic_write_bytes, atomic_write_text
 
 METRIC_TITLES = {
     "coco": "COCO box AP (pycocotools)",
@@ -134,9 +135,6 @@ def write_report(report: Mapping, detections: Sequence[Mapping], output_dir: Pat
     Each file is written atomically. The PR curves are drawn, not stored in report.json: the
     detections file recomputes them.
     """
-    # Imported here: the engine pulls in torch, which reading and comparing reports do not need.
-    from resnet_det.engine.checkpoint import atomic_write_bytes, atomic_write_text
-
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     paths = {name: output_dir / name for name in REPORT_FILES}

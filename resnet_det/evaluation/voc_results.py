@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Dict, List, Mapping, Sequence
 
 from resnet_det.errors import EvaluationError
+from resnet_det.utils.file_io import atomic_write_text
 
 RESULT_FILE = "comp4_det_test_{}.txt"
 _PREFIX, _SUFFIX = RESULT_FILE.split("{}")
@@ -84,8 +85,6 @@ def write_voc_results(
 ) -> List[Path]:
     """One ``comp4_det_test_<class>.txt`` per class in ``folder`` (empty for a class without
     detections, as the devkit expects every file); returns their paths."""
-    from resnet_det.engine.checkpoint import atomic_write_text  # torch, which reading does not need
-
     voc_id_of = {image_id: voc_id for voc_id, image_id in _ids(records, metadata["name"]).items()}
     names = enumerate(metadata["class_names"], start=1)
     class_of = {int(metadata["label_to_category_id"][label]): name for label, name in names}

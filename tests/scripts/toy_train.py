@@ -90,7 +90,7 @@ def main():
     )
     try:
         with hold_run_lock(args.output, dist.is_main, force=args.force_unlock):  # as the tools do
-            trainer.resume_or_load(resume=args.resume)
+            trainer.resume_or_start(resume=args.resume)
             trainer.train()
     finally:
         cleanup()

@@ -133,37 +133,37 @@ def peak_memory(fn: Callable[[], None], device: torch.device) -> Optional[float]
     return _peak_mb(device)
 
 
-def detection_config(s: Settings, training: bool):
+def detection_config(settings: Settings, training: bool):
     """Our detector's config with the benchmark's fixed settings (random weights)."""
-    size = s.train_size if training else s.size
+    size = settings.train_size if training else settings.size
     return load_config(
         DetectionConfig,
         None,
         [
-            f"model.head={s.head}",
-            f"model.backbone.name={s.backbone}",
+            f"model.head={settings.head}",
+            f"model.backbone.name={settings.backbone}",
             "model.backbone.weights=null",
-            f"model.anchors.sizes={[[32], [64], [128], [256], [512]] if s.head == 'fpn' else [[32, 64, 128, 256, 512]]}",
-            f"model.roi_heads.pooler_resolution={7 if s.head == 'fpn' else 14}",
+            f"model.anchors.sizes={[[32], [64], [128], [256], [512]] if settings.head == 'fpn' else [[32, 64, 128, 256, 512]]}",
+            f"model.roi_heads.pooler_resolution={7 if settings.head == 'fpn' else 14}",
             # torchvision's fixed 2x2 samples per bin: with adaptive sampling (0) the cost of
             # RoIAlign would follow the sizes of whatever boxes random weights propose.
             "model.roi_heads.sampling_ratio=2",
-            f"model.rpn.pre_nms_topk_test={s.proposals}",
-            f"model.rpn.post_nms_topk_test={s.proposals}",
-            f"model.rpn.pre_nms_topk_train={s.proposals * 2}",
-            f"model.rpn.post_nms_topk_train={s.proposals}",
+            f"model.rpn.pre_nms_topk_test={settings.proposals}",
+            f"model.rpn.post_nms_topk_test={settings.proposals}",
+            f"model.rpn.pre_nms_topk_train={settings.proposals * 2}",
+            f"model.rpn.post_nms_topk_train={settings.proposals}",
             "model.rpn.nms_thresh=1.0",
-            f"model.roi_heads.detections_per_image={s.detections}",
+            f"model.roi_heads.detections_per_image={settings.detections}",
             f"input.min_size_train=[{size}]",
-            f"input.max_size_train={s.max_size}",
+            f"input.max_size_train={settings.max_size}",
             f"input.min_size_test={size}",
-            f"input.max_size_test={s.max_size}",
-            f"test.fold_frozen_bn={str(s.fast_path).lower()}",
+            f"input.max_size_test={settings.max_size}",
+            f"test.fold_frozen_bn={str(settings.fast_path).lower()}",
         ],
     )
 
 
-def stock_model(s: Settings, training: bool) -> torch.nn.Module:
+def stock_model(settings: Settings, training: bool) -> torch.nn.Module:
     """torchvision's stock R50-FPN Faster R-CNN, as ``fasterrcnn_resnet50_fpn`` builds it for
     fine-tuning (``weights_backbone`` given: FrozenBatchNorm2d, ``trainable_backbone_layers=3``),
     with random weights and the benchmark's counts and sizes.
@@ -175,7 +175,7 @@ def stock_model(s: Settings, training: bool) -> torch.nn.Module:
     from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
     from torchvision.ops import FrozenBatchNorm2d
 
-    size = s.train_size if training else s.size
+    size = settings.train_size if training else settings.size
     backbone = resnet_fpn_backbone(
         backbone_name="resnet50", weights=None, norm_layer=FrozenBatchNorm2d, trainable_layers=STOCK_TRAINABLE_LAYERS
     )
@@ -183,13 +183,13 @@ def stock_model(s: Settings, training: bool) -> torch.nn.Module:
         backbone,
         num_classes=COCO_CLASSES + 1,
         min_size=size,
-        max_size=s.max_size,
-        rpn_pre_nms_top_n_test=s.proposals,
-        rpn_post_nms_top_n_test=s.proposals,
-        rpn_pre_nms_top_n_train=s.proposals * 2,
-        rpn_post_nms_top_n_train=s.proposals,
+        max_size=settings.max_size,
+        rpn_pre_nms_top_n_test=settings.proposals,
+        rpn_post_nms_top_n_test=settings.proposals,
+        rpn_pre_nms_top_n_train=settings.proposals * 2,
+        rpn_post_nms_top_n_train=settings.proposals,
         rpn_nms_thresh=1.0,
-        box_detections_per_img=s.detections,
+        box_detections_per_img=settings.detections,
     )
 
 
@@ -199,27 +199,27 @@ def synthetic_images(n: int, height: int, width: int, seed: int = 0) -> List[np.
 
 
 def synthetic_targets(n: int, height: int, width: int, seed: int = 0) -> List[Dict[str, torch.Tensor]]:
-    g = torch.Generator().manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed)
     targets = []
     for _ in range(n):
-        xy = torch.rand(8, 2, generator=g) * torch.tensor([width * 0.7, height * 0.7])
-        wh = 16 + torch.rand(8, 2, generator=g) * torch.tensor([width * 0.3, height * 0.3])
-        targets.append({"boxes": torch.cat([xy, xy + wh], 1), "labels": torch.randint(1, COCO_CLASSES + 1, (8,), generator=g)})
+        xy = torch.rand(8, 2, generator=generator) * torch.tensor([width * 0.7, height * 0.7])
+        wh = 16 + torch.rand(8, 2, generator=generator) * torch.tensor([width * 0.3, height * 0.3])
+        targets.append({"boxes": torch.cat([xy, xy + wh], 1), "labels": torch.randint(1, COCO_CLASSES + 1, (8,), generator=generator)})
     return targets
 
 
-def bench_inference(s: Settings, device: torch.device) -> Dict[str, Figure]:
+def bench_inference(settings: Settings, device: torch.device) -> Dict[str, Figure]:
     """Images per second at the test size; our model gets images resized once by the loader
     (uint8), the stock model float images in 0..1 that its transform resizes and normalises."""
-    height, width = s.size, int(s.size * 4 / 3)
-    images = synthetic_images(s.batch, height, width)
-    ours = build_detector(detection_config(s, training=False), COCO_CLASSES).eval().to(device)
-    if s.fast_path:
-        ours = prepare_for_inference(ours, fold_bn=True, channels_last=True, compile_backend=s.compile_backend)
-    stock = stock_model(s, training=False).eval().to(device)
+    height, width = settings.size, int(settings.size * 4 / 3)
+    images = synthetic_images(settings.batch, height, width)
+    ours = build_detector(detection_config(settings, training=False), COCO_CLASSES).eval().to(device)
+    if settings.fast_path:
+        ours = prepare_for_inference(ours, fold_bn=True, channels_last=True, compile_backend=settings.compile_backend)
+    stock = stock_model(settings, training=False).eval().to(device)
     ours_in = [torch.from_numpy(im).permute(2, 0, 1).to(device) for im in images]
     stock_in = [t.float().div(255) for t in ours_in]
-    mode = torch.inference_mode if s.fast_path else torch.no_grad
+    mode = torch.inference_mode if settings.fast_path else torch.no_grad
 
     def run(model, inputs):
         def call():
@@ -229,20 +229,20 @@ def bench_inference(s: Settings, device: torch.device) -> Dict[str, Figure]:
         return call
 
     fns = {"ours": run(ours, ours_in), "stock": run(stock, stock_in)}
-    times = time_alternating(fns, s.warmup, s.runs, device)
+    times = time_alternating(fns, settings.warmup, settings.runs, device)
     return {
-        name: Figure("inference", "images/s", [s.batch / t for t in times[name]], peak_memory(fns[name], device))
+        name: Figure("inference", "images/s", [settings.batch / t for t in times[name]], peak_memory(fns[name], device))
         for name in fns
     }
 
 
-def bench_training(s: Settings, device: torch.device) -> Dict[str, Figure]:
+def bench_training(settings: Settings, device: torch.device) -> Dict[str, Figure]:
     """Training iterations per second (forward, backward, SGD step) on ``train_batch`` images."""
-    height, width = s.train_size, int(s.train_size * 4 / 3)
-    images = [torch.from_numpy(im).permute(2, 0, 1).to(device) for im in synthetic_images(s.train_batch, height, width)]
-    targets = [{k: v.to(device) for k, v in t.items()} for t in synthetic_targets(s.train_batch, height, width)]
-    ours = build_detector(detection_config(s, training=True), COCO_CLASSES).train().to(device)
-    stock = stock_model(s, training=True).train().to(device)
+    height, width = settings.train_size, int(settings.train_size * 4 / 3)
+    images = [torch.from_numpy(im).permute(2, 0, 1).to(device) for im in synthetic_images(settings.train_batch, height, width)]
+    targets = [{k: v.to(device) for k, v in t.items()} for t in synthetic_targets(settings.train_batch, height, width)]
+    ours = build_detector(detection_config(settings, training=True), COCO_CLASSES).train().to(device)
+    stock = stock_model(settings, training=True).train().to(device)
     if device.type == "cuda":
         ours = ours.to(memory_format=torch.channels_last)
 
@@ -259,14 +259,14 @@ def bench_training(s: Settings, device: torch.device) -> Dict[str, Figure]:
         return step
 
     fns = {"ours": step_fn(ours, images), "stock": step_fn(stock, [im.float().div(255) for im in images])}
-    times = time_alternating(fns, s.warmup, s.runs, device)
+    times = time_alternating(fns, settings.warmup, settings.runs, device)
     return {
         name: Figure("train_iteration", "iterations/s", [1 / t for t in times[name]], peak_memory(fns[name], device))
         for name in fns
     }
 
 
-def bench_data_loading(s: Settings, num_images: int = 64) -> Figure:
+def bench_data_loading(settings: Settings, num_images: int = 64) -> Figure:
     """Training images per second out of the loader (JPEG decode + resize + flip + collate) with
     ``workers`` worker processes, on synthetic 640x480 JPEGs written to a temporary folder."""
     import cv2
@@ -291,24 +291,24 @@ def bench_data_loading(s: Settings, num_images: int = 64) -> Figure:
                     "annotations": [{"bbox": [10.0, 20.0, 200.0, 220.0], "label": 1, "iscrowd": 0, "difficult": 0}],
                 }
             )
-        cfg = detection_config(s, training=True)
-        cfg.dataloader.num_workers = s.workers
-        cfg.solver.batch_size = s.train_batch
+        cfg = detection_config(settings, training=True)
+        cfg.dataloader.num_workers = settings.workers
+        cfg.solver.batch_size = settings.train_batch
         values = []
-        batches_per_run = max(4, num_images // s.train_batch // 2)
+        batches_per_run = max(4, num_images // settings.train_batch // 2)
         loader = iter(build_detection_train_loader(cfg, records))
-        for _ in range(s.warmup):
+        for _ in range(settings.warmup):
             next(loader)
-        for _ in range(s.runs):
+        for _ in range(settings.runs):
             start = time.perf_counter()
             for _ in range(batches_per_run):
                 next(loader)
-            values.append(batches_per_run * s.train_batch / (time.perf_counter() - start))
+            values.append(batches_per_run * settings.train_batch / (time.perf_counter() - start))
         del loader
     return Figure("data_loading", "images/s", values)
 
 
-def bench_coco_eval(s: Settings, num_images: int = 500, dets_per_image: int = 100) -> Figure:
+def bench_coco_eval(settings: Settings, num_images: int = 500, dets_per_image: int = 100) -> Figure:
     """Seconds for a COCO box evaluation (pycocotools) of 500 images x 100 detections."""
     from pycocotools.coco import COCO
 
@@ -330,7 +330,7 @@ def bench_coco_eval(s: Settings, num_images: int = 500, dets_per_image: int = 10
                                "score": float(rng.uniform())})
     gt = {"images": images, "annotations": annotations, "categories": [{"id": c, "name": str(c)} for c in range(1, 11)]}
     values = []
-    for run in range(s.runs + 1):
+    for run in range(settings.runs + 1):
         coco = COCO()
         coco.dataset = json.loads(json.dumps(gt))
         coco.createIndex()
@@ -355,25 +355,25 @@ def machine_description(device: torch.device) -> str:
     return f"{cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} threads, torch {torch.__version__}"
 
 
-def run_benchmarks(s: Settings, only: List[str], log: Callable[[str], None] = print) -> Dict:
+def run_benchmarks(settings: Settings, only: List[str], log: Callable[[str], None] = print) -> Dict:
     """Run the chosen measures; returns the JSON-ready result with the ratios ours/stock."""
-    torch.set_num_threads(s.threads)
-    device = torch.device(s.device)
+    torch.set_num_threads(settings.threads)
+    device = torch.device(settings.device)
     torch.manual_seed(0)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     result: Dict = {
-        "settings": asdict(s),
+        "settings": asdict(settings),
         "machine": machine_description(device),
         "date": time.strftime("%Y-%m-%d"),
         "figures": {},
         "ratios": {},
     }
     measures = {
-        "inference": lambda: bench_inference(s, device),
-        "train": lambda: bench_training(s, device),
-        "data": lambda: {"ours": bench_data_loading(s)},
-        "eval": lambda: {"ours": bench_coco_eval(s)},
+        "inference": lambda: bench_inference(settings, device),
+        "train": lambda: bench_training(settings, device),
+        "data": lambda: {"ours": bench_data_loading(settings)},
+        "eval": lambda: {"ours": bench_coco_eval(settings)},
     }
     for key in only:
         log(f"measuring {key} ...")
@@ -384,7 +384,7 @@ def run_benchmarks(s: Settings, only: List[str], log: Callable[[str], None] = pr
             ours, stock = figures["ours"], figures["stock"]
             result["ratios"][figures["ours"].name] = ours.median / stock.median
     if "data_loading/ours" in result["figures"] and "train_iteration/ours" in result["figures"]:
-        consumed = result["figures"]["train_iteration/ours"]["median"] * s.train_batch
+        consumed = result["figures"]["train_iteration/ours"]["median"] * settings.train_batch
         result["ratios"]["data_loading_vs_training_consumption"] = result["figures"]["data_loading/ours"]["median"] / consumed
     return result
 
