@@ -57,9 +57,7 @@ class ResNetBackbone(nn.Module):
         available = ("stem",) + tuple(feature for feature, stage in STAGES.items() if stage in self._modules)
         unknown = [feature for feature in out_features if feature not in available]
         if unknown or not out_features:
-            raise BackboneError(
-                f"{arch}: out_features {tuple(out_features)} must be some of {', '.join(available)}"
-            )
+            raise BackboneError(f"{arch}: out_features {tuple(out_features)} must be some of {', '.join(available)}")
         self.out_features = available  # measure all: channels and stride of each feature
         self._shapes = {
             feature: ShapeSpec(channels=output.shape[1], stride=_PROBE_SIZE // output.shape[-1])

@@ -13,8 +13,8 @@ import torch
 from torch import nn
 
 from .errors import BackboneError
-from .norm import get_norm
 from .models import register_model
+from .norm import get_norm
 from .resnet import BasicBlock, check_shortcut, init_weights, make_stage
 
 

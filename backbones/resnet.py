@@ -20,8 +20,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import BackboneError
-from .norm import get_norm
 from .models import register_model
+from .norm import get_norm
 
 SHORTCUTS = ("A", "B", "C")
 

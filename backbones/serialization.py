@@ -71,7 +71,10 @@ def _refused(path: os.PathLike, needs: str, trustable: bool) -> UnsafeFileError:
 def _warn_trusted(path: os.PathLike, needs: str) -> None:
     logger.warning(
         "%s: loading with full unpickling because of %s (it calls %s); a file loaded this way can run "
-        "any code: do this only for files you trust", path, TRUST_FLAG, needs,
+        "any code: do this only for files you trust",
+        path,
+        TRUST_FLAG,
+        needs,
     )
 
 

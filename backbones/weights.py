@@ -362,7 +362,9 @@ def _read_checkpoint(path: Path, checkpoint: Mapping) -> Weights:
     kind = meta.get("kind")
     if kind not in CHECKPOINT_KINDS:
         known = " or ".join(repr(name) for name in CHECKPOINT_KINDS)
-        raise BackboneError(f"{path}: meta.kind is {kind!r}; a checkpoint of ours says {known} ({CHECKPOINT_KINDS.hint})")
+        raise BackboneError(
+            f"{path}: meta.kind is {kind!r}; a checkpoint of ours says {known} ({CHECKPOINT_KINDS.hint})"
+        )
     state = CHECKPOINT_KINDS.get(kind)(str(path), state)
     input_format = TORCHVISION_INPUT
     try:

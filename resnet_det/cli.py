@@ -15,7 +15,7 @@ def user_message(error: BaseException) -> str:
     if lines and lines[0].startswith("Caught ") and "DataLoader worker" in lines[0]:
         prefix = f"{type(error).__module__}.{type(error).__qualname__}: "
         last = lines[-1]
-        return last[len(prefix):] if last.startswith(prefix) else last
+        return last[len(prefix) :] if last.startswith(prefix) else last
     return text
 
 
@@ -59,7 +59,8 @@ def add_trust_arg(parser) -> None:
     from backbones.serialization import TRUST_FLAG
 
     parser.add_argument(
-        TRUST_FLAG, action="store_true",
+        TRUST_FLAG,
+        action="store_true",
         help="load checkpoints and weights files even if unpickling them can run code (old or foreign "
         "formats); only for files you trust, and a warning names each one",
     )
@@ -70,26 +71,34 @@ def add_training_args(parser) -> None:
     parser.add_argument("--config", metavar="FILE", help="YAML recipe (see configs/); flags and overrides apply on top")
     parser.add_argument("--output", metavar="DIR", help="run folder: checkpoints, config.yaml, metrics.jsonl, tb/")
     parser.add_argument(
-        "--resume", action="store_true",
+        "--resume",
+        action="store_true",
         help="continue the run in --output from its last checkpoint (starts afresh, from --weights, if it has none; "
         "refused if none of them loads)",
     )
     parser.add_argument(
-        "--force-unlock", action="store_true",
+        "--force-unlock",
+        action="store_true",
         help="take over the --output folder's lock left by a process on another host that you know is gone",
     )
     parser.add_argument("--device", help="auto | cpu | cuda | cuda:N (default: auto)")
-    parser.add_argument("--amp", action="store_true", help="mixed precision (bf16 autocast; fp16 + grad scaling on older GPUs)")
+    parser.add_argument(
+        "--amp", action="store_true", help="mixed precision (bf16 autocast; fp16 + grad scaling on older GPUs)"
+    )
     parser.add_argument("--max-iter", type=int, metavar="N", help="stop after N iterations")
     parser.add_argument(
         "--batch-size", type=int, metavar="N", help="images per iteration over all processes; the lr scales linearly"
     )
-    parser.add_argument("--lr", type=float, help="learning rate for the batch size in use (disables the linear scaling)")
+    parser.add_argument(
+        "--lr", type=float, help="learning rate for the batch size in use (disables the linear scaling)"
+    )
     parser.add_argument(
         "--weights",
         help="starting weights: imagenet | a .pth state dict | an MSRA .pkl | a train_cls.py checkpoint | none",
     )
-    parser.add_argument("--data-root", metavar="DIR", help="datasets folder (default: $RESNET_DET_DATASETS or ./datasets)")
+    parser.add_argument(
+        "--data-root", metavar="DIR", help="datasets folder (default: $RESNET_DET_DATASETS or ./datasets)"
+    )
     parser.add_argument("--seed", type=int, help="random seed (default: the config's)")
     add_trust_arg(parser)
     parser.add_argument(

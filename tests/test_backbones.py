@@ -6,8 +6,16 @@ import torch
 import torchvision
 from torch import nn
 
-from backbones import BackboneError, FrozenBatchNorm2d, ShapeSpec, build_backbone, build_model, list_models, register_model
-from backbones import models
+from backbones import (
+    BackboneError,
+    FrozenBatchNorm2d,
+    ShapeSpec,
+    build_backbone,
+    build_model,
+    list_models,
+    models,
+    register_model,
+)
 from backbones.complexity import count_multiply_adds, count_parameters
 from backbones.resnet import ZeroPadShortcut
 
@@ -292,7 +300,11 @@ def test_backbone_features_channels_and_strides():
     shapes = backbone.output_shape()
     assert {name: shape.stride for name, shape in shapes.items()} == {"stem": 4, "c2": 4, "c3": 8, "c4": 16, "c5": 32}
     assert {name: shape.channels for name, shape in shapes.items()} == {
-        "stem": 64, "c2": 64, "c3": 128, "c4": 256, "c5": 512
+        "stem": 64,
+        "c2": 64,
+        "c3": 128,
+        "c4": 256,
+        "c5": 512,
     }
     for name, feature in features.items():
         side = 64 // shapes[name].stride
@@ -306,7 +318,10 @@ def test_bottleneck_and_cifar_backbones():
     assert {name: shape.channels for name, shape in r50.output_shape().items()} == {"c2": 256, "c5": 2048}
     cifar = build_backbone("cifar_r8", out_features=("stem", "c2", "c3", "c4"), norm="bn")
     assert cifar.output_shape() == {
-        "stem": ShapeSpec(16, 1), "c2": ShapeSpec(16, 1), "c3": ShapeSpec(32, 2), "c4": ShapeSpec(64, 4)
+        "stem": ShapeSpec(16, 1),
+        "c2": ShapeSpec(16, 1),
+        "c3": ShapeSpec(32, 2),
+        "c4": ShapeSpec(64, 4),
     }
     with torch.no_grad():
         assert cifar.eval()(torch.randn(1, 3, 32, 32))["c4"].shape == (1, 64, 8, 8)

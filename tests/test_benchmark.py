@@ -4,7 +4,7 @@ fine-tunes it (frozen BN, 3 trainable backbone stages), as ours trains by defaul
 from torch import nn
 from torchvision.ops import FrozenBatchNorm2d
 
-from resnet_det.engine.benchmark import Settings, build_detector, detection_config, stock_model, COCO_CLASSES
+from resnet_det.engine.benchmark import COCO_CLASSES, Settings, build_detector, detection_config, stock_model
 
 
 def _trainable_stages(body: nn.Module):

@@ -4,7 +4,6 @@ skip with a count where the user asked for it (data.skip_bad_images=true)."""
 import subprocess
 
 import pytest
-
 from data_fixtures import make_image_folder
 from test_cls_tool import QUICK, run_tool
 
@@ -46,8 +45,18 @@ def test_an_unreadable_image_is_a_one_line_error(folder_with_a_corrupt_image):
 
 def test_an_unreadable_image_is_skipped_and_counted_when_asked(folder_with_a_corrupt_image):
     proc = run_tool(
-        "--dataset", "folder", "--data-root", "f", "--output", "run", "data.skip_bad_images=true",
-        "--model", "cifar_r8", "dataloader.num_workers=0", *QUICK, cwd=folder_with_a_corrupt_image,
+        "--dataset",
+        "folder",
+        "--data-root",
+        "f",
+        "--output",
+        "run",
+        "data.skip_bad_images=true",
+        "--model",
+        "cifar_r8",
+        "dataloader.num_workers=0",
+        *QUICK,
+        cwd=folder_with_a_corrupt_image,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "skipping an unreadable image (1 in this process so far)" in proc.stderr

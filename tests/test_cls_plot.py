@@ -30,8 +30,9 @@ def write_run(folder: Path, train_err, test_err, torn_tail: bool = False) -> Pat
 
 def run_tool(*args, cwd):
     env = {k: v for k, v in os.environ.items() if k != "RESNET_DET_TRACEBACK"}
-    return subprocess.run([sys.executable, str(TOOL), *map(str, args)], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, str(TOOL), *map(str, args)], cwd=cwd, env=env, capture_output=True, text=True, timeout=60
+    )
 
 
 def colour_pixels(image: np.ndarray, bgr) -> int:

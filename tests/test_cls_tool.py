@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from data_fixtures import make_cifar, make_image_folder
+
 from resnet_det.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -59,8 +59,17 @@ def test_image_folders_train_end_to_end(folder_run):
 def test_cifar10_pickle_batches_train_end_to_end(tmp_path):
     make_cifar(tmp_path / "data", per_batch=6)
     proc = run_tool(
-        "--dataset", "cifar10", "--data-root", "data", "--model", "cifar_r8", "--output", "run",
-        "dataloader.num_workers=0", *QUICK, cwd=tmp_path,
+        "--dataset",
+        "cifar10",
+        "--data-root",
+        "data",
+        "--model",
+        "cifar_r8",
+        "--output",
+        "run",
+        "dataloader.num_workers=0",
+        *QUICK,
+        cwd=tmp_path,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "training cifar_r8 on 30 images of cifar10 (10 classes)" in proc.stderr
@@ -77,8 +86,17 @@ def test_weights_with_another_number_of_classes_get_a_new_head(folder_run):
     make_image_folder(tmp / "five" / "train", counts, size=20)
     make_image_folder(tmp / "five" / "val", counts, size=20)
     proc = run_tool(
-        "--dataset", "folder", "--data-root", "five", "--weights", "run/model_final.pth", "--output", "tuned",
-        "dataloader.num_workers=0", *QUICK, cwd=tmp,
+        "--dataset",
+        "folder",
+        "--data-root",
+        "five",
+        "--weights",
+        "run/model_final.pth",
+        "--output",
+        "tuned",
+        "dataloader.num_workers=0",
+        *QUICK,
+        cwd=tmp,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     note = next(line for line in proc.stderr.splitlines() if "classifier head" in line)
@@ -114,7 +132,11 @@ def test_max_iter_replaces_the_recipes_epochs():
     assert list(cfg.solver.step_epochs) == [30, 60]
     # --dataset imagenet picks the paper's recipe: the plateau rule, in iterations.
     paper = tool.build_config(tool.parse_args(["--dataset", "imagenet"]))
-    assert (paper.solver.lr_policy, paper.solver.max_iter, paper.input.mean_subtraction) == ("plateau", 600000, "per_pixel")
+    assert (paper.solver.lr_policy, paper.solver.max_iter, paper.input.mean_subtraction) == (
+        "plateau",
+        600000,
+        "per_pixel",
+    )
     with pytest.raises(ConfigError, match="--epochs and --max-iter"):
         tool.build_config(tool.parse_args(["--epochs", "3", "--max-iter", "10"]))
 
@@ -124,7 +146,16 @@ def test_weights_none_trains_from_scratch_whatever_the_recipe_names(folder_run):
     recipe = tmp / "pretrained.yaml"
     base = os.path.relpath(REPO / "configs" / "classification" / "shapes.yaml", tmp)
     recipe.write_text(f"_base_: {base}\nmodel:\n  weights: missing/model_final.pth\n")
-    common = ("--config", str(recipe), "--dataset", "folder", "--data-root", "animals", "dataloader.num_workers=0", *QUICK)
+    common = (
+        "--config",
+        str(recipe),
+        "--dataset",
+        "folder",
+        "--data-root",
+        "animals",
+        "dataloader.num_workers=0",
+        *QUICK,
+    )
     proc = run_tool(*common, "--output", "named", cwd=tmp)
     assert proc.returncode == 2 and "missing/model_final.pth not found" in proc.stderr
     proc = run_tool(*common, "--weights", "none", "--output", "scratch", cwd=tmp)

@@ -122,8 +122,13 @@ def test_the_final_evaluation_is_the_models_error_on_the_val_set(tmp_path):
 
 def test_resume_gives_the_weights_of_a_straight_run(tmp_path):
     data = make_learnable_folder(tmp_path / "data")
-    options = ("model.name=cifar_r8", "solver.max_iter=6", "solver.steps=[4]", "train.checkpoint_period=3",
-               "train.max_checkpoints_kept=5")
+    options = (
+        "model.name=cifar_r8",
+        "solver.max_iter=6",
+        "solver.steps=[4]",
+        "train.checkpoint_period=3",
+        "train.max_checkpoints_kept=5",
+    )
     straight = tmp_path / "straight"
     train_classifier(tiny_cfg(data, straight, *options))
 
@@ -149,8 +154,15 @@ def test_resume_gives_the_weights_of_a_straight_run(tmp_path):
         # A threshold no error can beat: the first evaluation (iteration 2) sets the best, the
         # next (4) divides the lr from iteration 5 on. The checkpoint of iteration 4 is written
         # after its evaluation, so the resumed run starts with that drop.
-        (("solver.lr_policy=plateau", "solver.plateau_patience=1", "solver.plateau_threshold=100",
-          "train.eval_period=2"), {2: 0.1, 4: 0.1, 6: 0.01}),
+        (
+            (
+                "solver.lr_policy=plateau",
+                "solver.plateau_patience=1",
+                "solver.plateau_threshold=100",
+                "train.eval_period=2",
+            ),
+            {2: 0.1, 4: 0.1, 6: 0.01},
+        ),
         # An error (nearly) every batch is below: the warm-up ends once the window is full (2 iterations).
         (("solver.warmup_until_error=100", "solver.warmup_factor=0.1"), {2: 0.01, 4: 0.1, 6: 0.1}),
     ],
@@ -161,8 +173,15 @@ def test_the_schedule_rules_follow_the_run_and_resume_exactly(tmp_path, monkeypa
 
     monkeypatch.setattr(solver, "TRAIN_ERROR_WINDOW", 2)
     data = make_learnable_folder(tmp_path / "data")
-    options = ("model.name=cifar_r8", "solver.max_iter=6", "train.checkpoint_period=2", "train.max_checkpoints_kept=5",
-               "solver.base_lr=0.1", "solver.reference_batch_size=8", *rule)
+    options = (
+        "model.name=cifar_r8",
+        "solver.max_iter=6",
+        "train.checkpoint_period=2",
+        "train.max_checkpoints_kept=5",
+        "solver.base_lr=0.1",
+        "solver.reference_batch_size=8",
+        *rule,
+    )
     straight = tmp_path / "straight"
     train_classifier(tiny_cfg(data, straight, *options))
     lrs = {r["iteration"]: r["lr"] for r in read_metrics(straight) if "lr" in r}
@@ -182,7 +201,9 @@ def test_the_schedule_rules_follow_the_run_and_resume_exactly(tmp_path, monkeypa
 def test_the_plateau_rule_needs_evaluations(tmp_path):
     data = make_learnable_folder(tmp_path / "data", per_class=2)
     cfg = tiny_cfg(data, tmp_path / "run", "solver.lr_policy=plateau", "solver.max_iter=2")
-    with pytest.raises(ConfigError, match="solver.lr_policy=plateau reads the validation error .* set train.eval_period"):
+    with pytest.raises(
+        ConfigError, match="solver.lr_policy=plateau reads the validation error .* set train.eval_period"
+    ):
         train_classifier(cfg)
 
 
@@ -230,7 +251,9 @@ def test_a_per_pixel_run_records_the_channel_means_of_its_mean_image(tmp_path):
     # A detector fine-tuned from these weights subtracts a mean per channel: the mean image's.
     data = make_learnable_folder(tmp_path / "data", per_class=2)
     run = tmp_path / "run"
-    train_classifier(tiny_cfg(data, run, "model.name=cifar_r8", "solver.max_iter=1", "input.mean_subtraction=per_pixel"))
+    train_classifier(
+        tiny_cfg(data, run, "model.name=cifar_r8", "solver.max_iter=1", "input.mean_subtraction=per_pixel")
+    )
     meta = torch.load(run / "model_final.pth", weights_only=False)["meta"]
     rgb = [cv2.imread(str(p))[..., ::-1] for p in sorted((data / "train").rglob("*.png"))]
     expected = np.mean(rgb, axis=(0, 1, 2))

@@ -17,73 +17,172 @@ def _recipes(folder_glob):
 
 _PAPER_SGD = {"solver.momentum": 0.9, "solver.weight_decay": 1e-4}
 _CIFAR = {
-    **_PAPER_SGD, "model.shortcut": "A", "data.dataset": "cifar10", "input.augment": "cifar", "input.crop_size": 32,
-    "input.mean_subtraction": "per_pixel", "input.pixel_std": [1.0, 1.0, 1.0], "solver.base_lr": 0.1,
-    "solver.batch_size": 128, "solver.reference_batch_size": 128, "solver.max_iter": 64000,
-    "solver.steps": [32000, 48000], "solver.gamma": 0.1, "solver.lr_policy": "steps",
+    **_PAPER_SGD,
+    "model.shortcut": "A",
+    "data.dataset": "cifar10",
+    "input.augment": "cifar",
+    "input.crop_size": 32,
+    "input.mean_subtraction": "per_pixel",
+    "input.pixel_std": [1.0, 1.0, 1.0],
+    "solver.base_lr": 0.1,
+    "solver.batch_size": 128,
+    "solver.reference_batch_size": 128,
+    "solver.max_iter": 64000,
+    "solver.steps": [32000, 48000],
+    "solver.gamma": 0.1,
+    "solver.lr_policy": "steps",
 }
 _IMAGENET = {
-    **_PAPER_SGD, "model.name": "r50", "data.dataset": "imagenet", "input.augment": "imagenet",
-    "input.scale_range": [256, 480], "input.crop_size": 224, "solver.base_lr": 0.1, "solver.batch_size": 256,
-    "solver.reference_batch_size": 256, "solver.warmup_iters": 0,
+    **_PAPER_SGD,
+    "model.name": "r50",
+    "data.dataset": "imagenet",
+    "input.augment": "imagenet",
+    "input.scale_range": [256, 480],
+    "input.crop_size": 224,
+    "solver.base_lr": 0.1,
+    "solver.batch_size": 256,
+    "solver.reference_batch_size": 256,
+    "solver.warmup_iters": 0,
 }
 _C4 = {
-    "model.head": "c4", "model.backbone.name": "r101", "model.backbone.norm": "frozen_bn",
-    "model.rpn.post_nms_topk_test": 300, "input.min_size_train": [600], "input.min_size_test": 600,
+    "model.head": "c4",
+    "model.backbone.name": "r101",
+    "model.backbone.norm": "frozen_bn",
+    "model.rpn.post_nms_topk_test": 300,
+    "input.min_size_train": [600],
+    "input.min_size_test": 600,
     "solver.momentum": 0.9,
 }
-_C4_DETECTRON2 = {**_C4, "model.roi_heads.pooler": "roi_align", "model.backbone.weights": "imagenet",
-                  "model.backbone.stride_in_1x1": None}
-_C4_PAPER = {**_C4, "model.roi_heads.pooler": "roi_pool", "model.roi_heads.pooler_resolution": 14,
-             "model.backbone.weights": "pretrained/R-101.pkl", "model.backbone.stride_in_1x1": True,
-             "solver.warmup_iters": 0}
-_COCO_PAPER_SCHEDULE = {"datasets.train": ["coco_2017_train"], "test.metric": "coco", "solver.base_lr": 0.001,
-                        "solver.batch_size": 8, "solver.max_iter": 320000, "solver.steps": [240000]}
-_VOC_PAPER_SCHEDULE = {"datasets.train": ["voc_0712_trainval"], "datasets.test": ["voc_2007_test"],
-                       "test.metric": "voc07", "solver.base_lr": 0.001, "solver.batch_size": 1,
-                       "solver.max_iter": 80000, "solver.steps": [60000], "solver.warmup_iters": 0}
+_C4_DETECTRON2 = {
+    **_C4,
+    "model.roi_heads.pooler": "roi_align",
+    "model.backbone.weights": "imagenet",
+    "model.backbone.stride_in_1x1": None,
+}
+_C4_PAPER = {
+    **_C4,
+    "model.roi_heads.pooler": "roi_pool",
+    "model.roi_heads.pooler_resolution": 14,
+    "model.backbone.weights": "pretrained/R-101.pkl",
+    "model.backbone.stride_in_1x1": True,
+    "solver.warmup_iters": 0,
+}
+_COCO_PAPER_SCHEDULE = {
+    "datasets.train": ["coco_2017_train"],
+    "test.metric": "coco",
+    "solver.base_lr": 0.001,
+    "solver.batch_size": 8,
+    "solver.max_iter": 320000,
+    "solver.steps": [240000],
+}
+_VOC_PAPER_SCHEDULE = {
+    "datasets.train": ["voc_0712_trainval"],
+    "datasets.test": ["voc_2007_test"],
+    "test.metric": "voc07",
+    "solver.base_lr": 0.001,
+    "solver.batch_size": 1,
+    "solver.max_iter": 80000,
+    "solver.steps": [60000],
+    "solver.warmup_iters": 0,
+}
 _FPN = {"model.head": "fpn", "model.roi_heads.pooler": "roi_align", "model.roi_heads.pooler_resolution": 7}
 
 # What each recipe promises (its comment): the values that make it the paper's, or another's.
 RECIPE_VALUES = {
-    "classification/cifar10_resnet.yaml": {**_CIFAR, "model.name": "cifar_r20", "solver.warmup_iters": 0,
-                                           "solver.warmup_until_error": None},
+    "classification/cifar10_resnet.yaml": {
+        **_CIFAR,
+        "model.name": "cifar_r20",
+        "solver.warmup_iters": 0,
+        "solver.warmup_until_error": None,
+    },
     # Section 4.2: lr 0.01 until the training error is below 80%: a rule, not 400 iterations.
-    "classification/cifar10_r110.yaml": {**_CIFAR, "model.name": "cifar_r110", "solver.warmup_iters": 0,
-                                         "solver.warmup_until_error": 80.0, "solver.warmup_factor": 0.1,
-                                         "solver.warmup_method": "constant"},
+    "classification/cifar10_r110.yaml": {
+        **_CIFAR,
+        "model.name": "cifar_r110",
+        "solver.warmup_iters": 0,
+        "solver.warmup_until_error": 80.0,
+        "solver.warmup_factor": 0.1,
+        "solver.warmup_method": "constant",
+    },
     # Section 3.4: /10 on a plateau of the error, up to 60x10^4 iterations, per-pixel mean,
     # AlexNet's colour augmentation only.
-    "classification/imagenet_r50.yaml": {**_IMAGENET, "solver.lr_policy": "plateau", "solver.steps": [],
-                                         "solver.max_iter": 600000, "solver.epochs": None, "solver.gamma": 0.1,
-                                         "input.mean_subtraction": "per_pixel", "input.pixel_std": [1.0, 1.0, 1.0],
-                                         "input.color_jitter": 0.0, "train.eval_period": 5000},
-    "classification/imagenet_r50_torchvision.yaml": {**_IMAGENET, "solver.lr_policy": "steps", "solver.epochs": 90,
-                                                     "solver.step_epochs": [30, 60],
-                                                     "input.mean_subtraction": "per_channel",
-                                                     "input.color_jitter": 0.4},
-    "classification/shapes.yaml": {"model.name": "r18", "data.dataset": "shapes", "input.crop_size": 48,
-                                   "input.scale_range": [48, 60], "solver.base_lr": 0.1,
-                                   "solver.reference_batch_size": 256, "solver.batch_size": 64,
-                                   "solver.max_iter": 600, "solver.steps": [450, 550], "solver.warmup_iters": 50,
-                                   "solver.warmup_method": "linear"},
+    "classification/imagenet_r50.yaml": {
+        **_IMAGENET,
+        "solver.lr_policy": "plateau",
+        "solver.steps": [],
+        "solver.max_iter": 600000,
+        "solver.epochs": None,
+        "solver.gamma": 0.1,
+        "input.mean_subtraction": "per_pixel",
+        "input.pixel_std": [1.0, 1.0, 1.0],
+        "input.color_jitter": 0.0,
+        "train.eval_period": 5000,
+    },
+    "classification/imagenet_r50_torchvision.yaml": {
+        **_IMAGENET,
+        "solver.lr_policy": "steps",
+        "solver.epochs": 90,
+        "solver.step_epochs": [30, 60],
+        "input.mean_subtraction": "per_channel",
+        "input.color_jitter": 0.4,
+    },
+    "classification/shapes.yaml": {
+        "model.name": "r18",
+        "data.dataset": "shapes",
+        "input.crop_size": 48,
+        "input.scale_range": [48, 60],
+        "solver.base_lr": 0.1,
+        "solver.reference_batch_size": 256,
+        "solver.batch_size": 64,
+        "solver.max_iter": 600,
+        "solver.steps": [450, 550],
+        "solver.warmup_iters": 50,
+        "solver.warmup_method": "linear",
+    },
     "coco/faster_rcnn_c4.yaml": {**_C4_DETECTRON2, **_COCO_PAPER_SCHEDULE, "solver.warmup_iters": 1000},
     "coco/faster_rcnn_c4_paper.yaml": {**_C4_PAPER, **_COCO_PAPER_SCHEDULE},
-    "coco/faster_rcnn_fpn.yaml": {**_FPN, "model.backbone.name": "r50", "solver.base_lr": 0.02, "solver.batch_size": 16,
-                                  "solver.max_iter": 90000, "solver.steps": [60000, 80000],
-                                  "solver.warmup_iters": 1000, "input.min_size_train": [800]},
+    "coco/faster_rcnn_fpn.yaml": {
+        **_FPN,
+        "model.backbone.name": "r50",
+        "solver.base_lr": 0.02,
+        "solver.batch_size": 16,
+        "solver.max_iter": 90000,
+        "solver.steps": [60000, 80000],
+        "solver.warmup_iters": 1000,
+        "input.min_size_train": [800],
+    },
     "voc/faster_rcnn_c4.yaml": {**_C4_DETECTRON2, **_VOC_PAPER_SCHEDULE},
     "voc/faster_rcnn_c4_paper.yaml": {**_C4_PAPER, **_VOC_PAPER_SCHEDULE},
-    "voc/faster_rcnn_fpn.yaml": {**_FPN, "solver.base_lr": 0.02, "solver.batch_size": 16, "solver.max_iter": 18000,
-                                 "solver.steps": [12000, 16000], "input.min_size_train": list(range(480, 801, 32))},
-    "shapes/faster_rcnn_c4.yaml": {"model.head": "c4", "model.backbone.name": "r18",
-                                   "model.backbone.weights": "output/shapes_cls/model_final.pth",
-                                   "solver.base_lr": 0.01, "solver.batch_size": 8, "solver.reference_batch_size": 8,
-                                   "solver.max_iter": 300, "solver.warmup_iters": 50, "solver.clip_grad_norm": 10.0},
-    "shapes/faster_rcnn_fpn.yaml": {"model.head": "fpn", "model.backbone.name": "r18",
-                                    "model.backbone.weights": "output/shapes_cls/model_final.pth",
-                                    "solver.base_lr": 0.01, "solver.batch_size": 8, "solver.reference_batch_size": 8,
-                                   "solver.max_iter": 300, "solver.warmup_iters": 50, "solver.clip_grad_norm": 10.0},
+    "voc/faster_rcnn_fpn.yaml": {
+        **_FPN,
+        "solver.base_lr": 0.02,
+        "solver.batch_size": 16,
+        "solver.max_iter": 18000,
+        "solver.steps": [12000, 16000],
+        "input.min_size_train": list(range(480, 801, 32)),
+    },
+    "shapes/faster_rcnn_c4.yaml": {
+        "model.head": "c4",
+        "model.backbone.name": "r18",
+        "model.backbone.weights": "output/shapes_cls/model_final.pth",
+        "solver.base_lr": 0.01,
+        "solver.batch_size": 8,
+        "solver.reference_batch_size": 8,
+        "solver.max_iter": 300,
+        "solver.warmup_iters": 50,
+        "solver.clip_grad_norm": 10.0,
+    },
+    "shapes/faster_rcnn_fpn.yaml": {
+        "model.head": "fpn",
+        "model.backbone.name": "r18",
+        "model.backbone.weights": "output/shapes_cls/model_final.pth",
+        "solver.base_lr": 0.01,
+        "solver.batch_size": 8,
+        "solver.reference_batch_size": 8,
+        "solver.max_iter": 300,
+        "solver.warmup_iters": 50,
+        "solver.clip_grad_norm": 10.0,
+    },
 }
 
 
@@ -110,14 +209,20 @@ def test_the_paper_c4_recipe_builds_roi_pooling_and_stride_in_the_1x1():
     from resnet_det.modeling import build_detector
     from resnet_det.modeling.detector import MultiScaleRoIPool
 
-    paper = load_config(DetectionConfig, CONFIGS / "coco/faster_rcnn_c4_paper.yaml",
-                        ["model.backbone.weights=null", "model.backbone.name=r50"])
+    paper = load_config(
+        DetectionConfig,
+        CONFIGS / "coco/faster_rcnn_c4_paper.yaml",
+        ["model.backbone.weights=null", "model.backbone.name=r50"],
+    )
     model = build_detector(paper, num_classes=3)
     assert isinstance(model.roi_heads.box_roi_pool, MultiScaleRoIPool)
     assert model.roi_heads.box_roi_pool.output_size == (14, 14)
     assert model.backbone.layer3[0].conv1.stride == (2, 2) and model.backbone.layer3[0].conv2.stride == (1, 1)
-    detectron2 = load_config(DetectionConfig, CONFIGS / "coco/faster_rcnn_c4.yaml",
-                             ["model.backbone.weights=null", "model.backbone.name=r50"])
+    detectron2 = load_config(
+        DetectionConfig,
+        CONFIGS / "coco/faster_rcnn_c4.yaml",
+        ["model.backbone.weights=null", "model.backbone.name=r50"],
+    )
     pool = build_detector(detectron2, num_classes=3).roi_heads.box_roi_pool
     assert type(pool) is MultiScaleRoIAlign
 

@@ -68,12 +68,22 @@ def test_every_detection_key_is_read(tmp_path, monkeypatch):
 
     ann, images = write_tiny_coco(tmp_path / "data", n=2)
     overrides = [
-        *TINY, "model.head=c4", "model.backbone.name=r18", f"datasets.custom.tiny.images={images}",
-        f"datasets.custom.tiny.annotations={ann}", "datasets.train=[tiny]", "datasets.test=[tiny]",
-        "solver.max_iter=1", "solver.batch_size=2", f"train.output_dir={tmp_path / 'run'}", "train.device=cpu",
+        *TINY,
+        "model.head=c4",
+        "model.backbone.name=r18",
+        f"datasets.custom.tiny.images={images}",
+        f"datasets.custom.tiny.annotations={ann}",
+        "datasets.train=[tiny]",
+        "datasets.test=[tiny]",
+        "solver.max_iter=1",
+        "solver.batch_size=2",
+        f"train.output_dir={tmp_path / 'run'}",
+        "train.device=cpu",
     ]
     cfg = load_config(DetectionConfig, None, overrides)
-    fpn = load_config(DetectionConfig, None, [*overrides, "model.head=fpn", "model.anchors.sizes=[[32],[64],[128],[256],[512]]"])
+    fpn = load_config(
+        DetectionConfig, None, [*overrides, "model.head=fpn", "model.anchors.sizes=[[32],[64],[128],[256],[512]]"]
+    )
     with recording_reads(monkeypatch) as seen:
         train_detector(cfg)
         build_detector(fpn, num_classes=3)  # the FPN head's own keys (fpn_channels, fc_dim)
@@ -86,8 +96,15 @@ def test_every_classification_key_is_read(tmp_path, monkeypatch):
     from resnet_det.engine.train_classification import train_classifier
 
     data = make_learnable_folder(tmp_path / "data", per_class=2)
-    cfg = tiny_cfg(data, tmp_path / "run", "model.name=cifar_r8", "solver.max_iter=1", "input.augment=imagenet",
-                   "input.scale_range=[16,20]", "input.test_resize=18")
+    cfg = tiny_cfg(
+        data,
+        tmp_path / "run",
+        "model.name=cifar_r8",
+        "solver.max_iter=1",
+        "input.augment=imagenet",
+        "input.scale_range=[16,20]",
+        "input.test_resize=18",
+    )
     with recording_reads(monkeypatch) as seen:
         train_classifier(cfg)
     assert _unread(ClassificationConfig, seen, CLASSIFICATION_ONLY_IN_SOME_MODES) == []

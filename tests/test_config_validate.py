@@ -64,7 +64,9 @@ def test_a_bad_value_in_a_yaml_file_names_the_file(tmp_path):
 
 
 def test_the_old_name_of_a_renamed_key_names_the_new_one(tmp_path):
-    with pytest.raises(ConfigError, match="key 'model.input.channel_order' was renamed: use model.input_format.channel_order"):
+    with pytest.raises(
+        ConfigError, match="key 'model.input.channel_order' was renamed: use model.input_format.channel_order"
+    ):
         load_config(DetectionConfig, None, ["model.input.channel_order=BGR"])
     recipe = tmp_path / "old.yaml"
     recipe.write_text("model:\n  input:\n    pixel_std: [1, 1, 1]\n")
@@ -92,7 +94,11 @@ def test_the_tool_knows_the_registered_heads_when_it_loads_the_config(tmp_path):
     output = tmp_path / "run"
     run = subprocess.run(
         [sys.executable, str(ROOT / "tools" / "train_det.py"), "--output", str(output), "model.head=c5"],
-        capture_output=True, text=True, cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=300,
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        timeout=300,
     )
     assert run.returncode == 2, run.stderr
     assert "error: model.head='c5': unknown detection head 'c5'" in run.stderr

@@ -7,8 +7,7 @@ import pytest
 import torch
 from data_fixtures import classification_cfg, make_cifar, make_image_folder, write_image
 
-from resnet_det.data import build_classification_loaders
-from resnet_det.data import cifar, classification, imagefolder
+from resnet_det.data import build_classification_loaders, cifar, classification, imagefolder
 from resnet_det.data import classification_transforms as transforms
 from resnet_det.errors import ConfigError, DatasetError
 
@@ -92,7 +91,9 @@ def test_imagenet_train_transform_scales_crops_and_changes_colour():
     assert a.shape == b.shape == (3, 16, 16) and not torch.equal(a, b)
     assert torch.equal(a, transform(image, np.random.default_rng(1)))
     flat = np.full((30, 40, 3), 128, np.uint8)
-    jittered = transforms.ImageNetTrainTransform(16, [20, 20], 0.4, [0, 0, 0], [1, 1, 1])(flat, np.random.default_rng(5))
+    jittered = transforms.ImageNetTrainTransform(16, [20, 20], 0.4, [0, 0, 0], [1, 1, 1])(
+        flat, np.random.default_rng(5)
+    )
     assert not torch.allclose(jittered, torch.full_like(jittered, 128.0))
 
 
@@ -124,8 +125,12 @@ def test_imagenet_scale_augmentation_draws_every_shorter_side_of_the_range(monke
 
 def test_per_pixel_mean_of_cifar_is_the_mean_image_of_the_training_set(tmp_path):
     make_cifar(tmp_path, per_batch=6)
-    cfg = classification_cfg("data.dataset=cifar10", f"data.root={tmp_path}", "input.mean_subtraction=per_pixel",
-                             "input.pixel_std=[2.0,2.0,2.0]")
+    cfg = classification_cfg(
+        "data.dataset=cifar10",
+        f"data.root={tmp_path}",
+        "input.mean_subtraction=per_pixel",
+        "input.pixel_std=[2.0,2.0,2.0]",
+    )
     train, val, _ = classification.build_classification_datasets(cfg)
     images, _, _ = cifar.load_cifar10(tmp_path, train=True)
     expected = images.astype(np.float64).mean(axis=0)
@@ -158,9 +163,15 @@ def test_per_pixel_cifar_transform_subtracts_the_mean_image_before_padding():
 def test_per_pixel_mean_of_a_folder_is_taken_at_the_test_geometry(tmp_path):
     make_image_folder(tmp_path / "train", {"a": 3, "b": 2}, size=12)
     make_image_folder(tmp_path / "val", {"a": 1, "b": 1}, size=12)
-    cfg = classification_cfg("data.dataset=folder", f"data.root={tmp_path}", "input.augment=imagenet",
-                             "input.crop_size=8", "input.test_resize=10", "input.scale_range=[10,12]",
-                             "input.mean_subtraction=per_pixel")
+    cfg = classification_cfg(
+        "data.dataset=folder",
+        f"data.root={tmp_path}",
+        "input.augment=imagenet",
+        "input.crop_size=8",
+        "input.test_resize=10",
+        "input.scale_range=[10,12]",
+        "input.mean_subtraction=per_pixel",
+    )
     train, val, _ = classification.build_classification_datasets(cfg)
     crops = [transforms._center_crop(transforms._resize_shorter(train._read(i), 10), 8) for i in range(len(train))]
     assert np.allclose(train.transform.mean, np.mean(crops, axis=0), atol=1e-4)

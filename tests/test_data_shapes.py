@@ -7,8 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from resnet_det.data import ensure_shapes_classification, ensure_shapes_detection, get_dataset, read_image
-from resnet_det.data import shapes
+from resnet_det.data import ensure_shapes_classification, ensure_shapes_detection, get_dataset, read_image, shapes
 from resnet_det.errors import DatasetError
 
 

@@ -80,7 +80,14 @@ def test_real_voc_xml(shared_data):
     five = next(r for r in records if r["voc_id"] == "000005")
     assert sum(a["difficult"] for a in five["annotations"]) == 2
     assert Counter(VOC_CLASSES[a["label"] - 1] for a in anns) == {
-        "car": 7, "chair": 6, "aeroplane": 5, "person": 4, "train": 3, "dog": 1, "sofa": 1, "tvmonitor": 1
+        "car": 7,
+        "chair": 6,
+        "aeroplane": 5,
+        "person": 4,
+        "train": 3,
+        "dog": 1,
+        "sofa": 1,
+        "tvmonitor": 1,
     }
     test_records, test_meta = get_dataset("voc_2007_test", root=root)
     assert len(test_records) == 5 and (test_meta["year"], test_meta["image_set"]) == ("2007", "test")

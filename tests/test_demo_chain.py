@@ -24,7 +24,11 @@ pytestmark = pytest.mark.slow
 def tool(name: str, *args: str, data_root: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(REPO), "RESNET_DET_DATASETS": str(data_root)}
     proc = subprocess.run(
-        [sys.executable, str(REPO / "tools" / name), *args], cwd=REPO, env=env, capture_output=True, text=True,
+        [sys.executable, str(REPO / "tools" / name), *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
         timeout=900,
     )
     assert proc.returncode == 0, f"{name} failed:\n{proc.stderr[-3000:]}"
@@ -43,14 +47,40 @@ def data_root(tmp_path_factory):
 @pytest.mark.parametrize("seed", SEEDS)
 def test_demo_chain_stays_finite_past_the_warmup_and_learns(tmp_path, data_root, seed):
     cls, det, report_dir = tmp_path / "cls", tmp_path / "det", tmp_path / "eval"
-    tool("train_cls.py", "--config", "configs/classification/shapes.yaml", "--output", str(cls), "--seed", str(seed),
-         "--max-iter", str(CLS_ITERS), "train.log_period=10", "train.eval_period=0", data_root=data_root)
+    tool(
+        "train_cls.py",
+        "--config",
+        "configs/classification/shapes.yaml",
+        "--output",
+        str(cls),
+        "--seed",
+        str(seed),
+        "--max-iter",
+        str(CLS_ITERS),
+        "train.log_period=10",
+        "train.eval_period=0",
+        data_root=data_root,
+    )
     cls_losses = [r["total_loss"] for r in rows(cls, "total_loss")]
     assert all(map(math.isfinite, cls_losses)) and cls_losses[-1] < 0.9 * cls_losses[0], cls_losses
 
-    tool("train_det.py", "--config", "configs/shapes/faster_rcnn_fpn.yaml", "--weights", str(cls / "model_final.pth"),
-         "--output", str(det), "--seed", str(seed), "--max-iter", str(DET_ITERS), f"solver.warmup_iters={DET_WARMUP}",
-         "datasets.test=[]", "train.log_period=1", data_root=data_root)
+    tool(
+        "train_det.py",
+        "--config",
+        "configs/shapes/faster_rcnn_fpn.yaml",
+        "--weights",
+        str(cls / "model_final.pth"),
+        "--output",
+        str(det),
+        "--seed",
+        str(seed),
+        "--max-iter",
+        str(DET_ITERS),
+        f"solver.warmup_iters={DET_WARMUP}",
+        "datasets.test=[]",
+        "train.log_period=1",
+        data_root=data_root,
+    )
     logged = rows(det, "total_loss")
     assert [r["iteration"] for r in logged] == list(range(1, DET_ITERS + 1))
     assert "skipped_steps" not in logged[-1]

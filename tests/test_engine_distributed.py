@@ -91,8 +91,18 @@ def test_one_gpu_named_for_several_processes_is_refused(monkeypatch):
 
 
 def test_two_workers_train_together_and_only_rank_0_writes(tmp_path):
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(SCRIPT),
-           "--output", str(tmp_path), "--max-iter", str(MAX_ITER)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        str(SCRIPT),
+        "--output",
+        str(tmp_path),
+        "--max-iter",
+        str(MAX_ITER),
+    ]
     run = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr
     digests = dict(line.split(" weights ") for line in run.stdout.splitlines() if " weights " in line)
@@ -104,7 +114,10 @@ def test_two_workers_train_together_and_only_rank_0_writes(tmp_path):
     assert {line["rank"] for line in lines} == {0.5}  # scalars are averaged over the ranks
     assert len(list((tmp_path / "tb").iterdir())) == 1
     assert sorted(p.name for p in tmp_path.glob("model_*.pth")) == [
-        "model_0000005.pth", "model_0000010.pth", "model_0000012.pth", "model_final.pth"
+        "model_0000005.pth",
+        "model_0000010.pth",
+        "model_0000012.pth",
+        "model_final.pth",
     ]
     state = torch.load(tmp_path / "model_0000012.pth", weights_only=False)
     # Each rank's own random stream is kept (the script seeds every rank differently).
@@ -119,8 +132,13 @@ def _launch_two(output: Path, *extra: str):
     common = dict(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()), WORLD_SIZE="2")
     cmd = [sys.executable, str(SCRIPT), "--output", str(output), "--max-iter", str(MAX_ITER), *extra]
     return [
-        subprocess.Popen(cmd, env=_env(RANK=str(r), LOCAL_RANK=str(r), **common), stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True)
+        subprocess.Popen(
+            cmd,
+            env=_env(RANK=str(r), LOCAL_RANK=str(r), **common),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         for r in (0, 1)
     ]
 

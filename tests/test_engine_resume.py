@@ -78,7 +78,9 @@ def test_preempted_then_killed_then_resumed_equals_an_uninterrupted_run(tmp_path
     _, err = first.communicate(timeout=60)
     assert first.returncode == 75, err
     name = signal.Signals(signum).name
-    match = re.search(rf"stopped: {name}: interrupted at iteration (\d+); checkpoint saved to (\S+); resume with --resume", err)
+    match = re.search(
+        rf"stopped: {name}: interrupted at iteration (\d+); checkpoint saved to (\S+); resume with --resume", err
+    )
     assert match, err
     stopped_at = int(match.group(1))
     assert 5 <= stopped_at < MAX_ITER

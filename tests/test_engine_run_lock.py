@@ -89,10 +89,25 @@ def test_the_lock_of_a_killed_holder_is_taken_over_and_its_leftovers_removed(tmp
 def test_under_torchrun_rank_0_holds_the_lock_and_a_relayed_sigusr1_stops_every_worker(tmp_path):
     env = {k: v for k, v in _env().items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT")}
     launcher = subprocess.Popen(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={_free_port()}",
-         "--signals-to-handle=SIGTERM,SIGINT,SIGUSR1", str(SCRIPT), "--output", str(tmp_path), "--max-iter", "300",
-         "--sleep", "0.1"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node=2",
+            f"--master_port={_free_port()}",
+            "--signals-to-handle=SIGTERM,SIGINT,SIGUSR1",
+            str(SCRIPT),
+            "--output",
+            str(tmp_path),
+            "--max-iter",
+            "300",
+            "--sleep",
+            "0.1",
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     _wait_for_checkpoint_after(tmp_path, launcher, 0)
     assert read_holder(tmp_path)["pid"] != launcher.pid  # a worker (rank 0) holds it, not torchrun
@@ -131,9 +146,25 @@ def test_train_tools_take_the_lock_first_and_say_how_to_force_it(tmp_path):
     data = _foreign_lock(tmp_path / "run")
     env = {**_env(), "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(
-        [sys.executable, str(REPO / "tools" / "train_cls.py"), "--output", str(tmp_path / "run"), "--device", "cpu",
-         "--max-iter", "1", "--batch-size", "4", "--data-root", str(tmp_path / "data")],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            str(REPO / "tools" / "train_cls.py"),
+            "--output",
+            str(tmp_path / "run"),
+            "--device",
+            "cpu",
+            "--max-iter",
+            "1",
+            "--batch-size",
+            "4",
+            "--data-root",
+            str(tmp_path / "data"),
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 2 and "run again with --force-unlock" in proc.stderr, proc.stderr[-2000:]
     assert sorted(os.listdir(tmp_path / "run")) == [LOCK_FILE] and (tmp_path / "run" / LOCK_FILE).read_bytes() == data

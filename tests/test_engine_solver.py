@@ -56,20 +56,31 @@ def test_optimizer_takes_only_trainable_parameters_with_the_paper_settings():
 
 
 def test_linear_warmup_then_steps():
-    cfg = _cfg(base_lr=0.1, reference_batch_size=8, batch_size=8, warmup_iters=10, warmup_factor=0.01,
-               warmup_method="linear", steps=[20, 30], gamma=0.1, max_iter=40)
+    cfg = _cfg(
+        base_lr=0.1,
+        reference_batch_size=8,
+        batch_size=8,
+        warmup_iters=10,
+        warmup_factor=0.01,
+        warmup_method="linear",
+        steps=[20, 30],
+        gamma=0.1,
+        max_iter=40,
+    )
     lrs = _lrs(cfg, [0, 5, 9, 10, 19, 20, 29, 30, 39])
-    assert lrs == pytest.approx({
-        0: 0.001,  # warmup_factor * base
-        5: 0.1 * (0.01 * 0.5 + 0.5),  # halfway up the ramp
-        9: 0.1 * (0.01 * 0.1 + 0.9),
-        10: 0.1,
-        19: 0.1,
-        20: 0.01,
-        29: 0.01,
-        30: 0.001,
-        39: 0.001,
-    })
+    assert lrs == pytest.approx(
+        {
+            0: 0.001,  # warmup_factor * base
+            5: 0.1 * (0.01 * 0.5 + 0.5),  # halfway up the ramp
+            9: 0.1 * (0.01 * 0.1 + 0.9),
+            10: 0.1,
+            19: 0.1,
+            20: 0.01,
+            29: 0.01,
+            30: 0.001,
+            39: 0.001,
+        }
+    )
 
 
 def test_constant_warmup_holds_the_factor_for_warmup_iters():
@@ -126,8 +137,16 @@ def _stepped_lrs(scheduler, optimizer, observe, values):
 
 
 def test_plateau_rule_divides_the_lr_when_the_validation_error_stops_improving():
-    cfg = _cfg(ClsSolverConfig, lr_policy="plateau", steps=[], plateau_patience=2, plateau_threshold=0.5,
-               base_lr=0.1, reference_batch_size=128, batch_size=128)
+    cfg = _cfg(
+        ClsSolverConfig,
+        lr_policy="plateau",
+        steps=[],
+        plateau_patience=2,
+        plateau_threshold=0.5,
+        base_lr=0.1,
+        reference_batch_size=128,
+        batch_size=128,
+    )
     optimizer = build_optimizer(nn.Linear(2, 2), cfg)
     scheduler = build_lr_scheduler(optimizer, cfg)
     # One evaluation per iteration here. 40 beats 50; 39.8 and 39.9 do not beat 40 by 0.5 points:

@@ -32,8 +32,13 @@ def _make(output_dir, *, max_iter=20, hidden=16, nan_at=(), on_step=None, solver
     set_deterministic(0)
     model = nn.Sequential(nn.Linear(4, hidden), nn.ReLU(), nn.Linear(hidden, 3))
     solver = solver or SolverConfig(
-        base_lr=0.2, reference_batch_size=BATCH, batch_size=BATCH, max_iter=max_iter, steps=[max_iter],
-        warmup_iters=0, weight_decay=0.0,
+        base_lr=0.2,
+        reference_batch_size=BATCH,
+        batch_size=BATCH,
+        max_iter=max_iter,
+        steps=[max_iter],
+        warmup_iters=0,
+        weight_decay=0.0,
     )
     optimizer = build_optimizer(model, solver)
     trainer = None
@@ -54,8 +59,14 @@ def _make(output_dir, *, max_iter=20, hidden=16, nan_at=(), on_step=None, solver
     options = dict(checkpoint_period=5, log_period=5, progress=False)
     options.update(kwargs)
     trainer = Trainer(
-        model=model, optimizer=optimizer, scheduler=build_lr_scheduler(optimizer, solver), make_loader=_batches,
-        step_fn=step_fn, max_iter=max_iter, output_dir=output_dir, **options,
+        model=model,
+        optimizer=optimizer,
+        scheduler=build_lr_scheduler(optimizer, solver),
+        make_loader=_batches,
+        step_fn=step_fn,
+        max_iter=max_iter,
+        output_dir=output_dir,
+        **options,
     )
     return trainer
 
@@ -69,8 +80,14 @@ def _weights(trainer):
 
 
 def test_toy_model_learns_and_leaves_logs_and_checkpoints(tmp_path):
-    trainer = _make(tmp_path, max_iter=60, checkpoint_period=20, log_period=10, meta={"kind": "classification"},
-                    config_text="solver:\n  base_lr: 0.2\n")
+    trainer = _make(
+        tmp_path,
+        max_iter=60,
+        checkpoint_period=20,
+        log_period=10,
+        meta={"kind": "classification"},
+        config_text="solver:\n  base_lr: 0.2\n",
+    )
     assert trainer.resume_or_start(resume=False) == 0
     results = trainer.train()
 
@@ -84,7 +101,10 @@ def test_toy_model_learns_and_leaves_logs_and_checkpoints(tmp_path):
     assert results["iteration"] == 60 and results["total_loss"] == lines[-1]["total_loss"]
     assert list((tmp_path / "tb").glob("events.out.tfevents.*"))
     assert sorted(p.name for p in tmp_path.glob("model_*.pth")) == [
-        "model_0000020.pth", "model_0000040.pth", "model_0000060.pth", "model_final.pth"
+        "model_0000020.pth",
+        "model_0000040.pth",
+        "model_0000060.pth",
+        "model_final.pth",
     ]
     assert (tmp_path / "last_checkpoint").read_text().strip() == "model_0000060.pth"
     final = trainer.checkpointer.load(tmp_path / "model_final.pth")  # as evaluation tools load it
@@ -202,7 +222,9 @@ def test_a_stop_signal_finishes_the_iteration_saves_and_restores_the_handlers(tm
 
     checkpoint = tmp_path / "model_0000004.pth"
     name = signal.Signals(signum).name
-    assert str(info.value) == f"{name}: interrupted at iteration 4; checkpoint saved to {checkpoint}; resume with --resume"
+    assert (
+        str(info.value) == f"{name}: interrupted at iteration 4; checkpoint saved to {checkpoint}; resume with --resume"
+    )
     assert info.value.iteration == 4 and isinstance(info.value, TrainingError)
     assert info.value.signal == signum and info.value.exit_status == status
     assert torch.load(checkpoint, weights_only=False)["iteration"] == 4
@@ -227,8 +249,16 @@ def test_a_second_ctrl_c_stops_at_once(tmp_path):
 
 
 def test_gradient_clipping_bounds_the_step(tmp_path):
-    solver = SolverConfig(base_lr=1.0, reference_batch_size=BATCH, batch_size=BATCH, max_iter=1, steps=[],
-                          warmup_iters=0, weight_decay=0.0, momentum=0.0)
+    solver = SolverConfig(
+        base_lr=1.0,
+        reference_batch_size=BATCH,
+        batch_size=BATCH,
+        max_iter=1,
+        steps=[],
+        warmup_iters=0,
+        weight_decay=0.0,
+        momentum=0.0,
+    )
     trainer = _make(tmp_path, max_iter=1, solver=solver, clip_grad_norm=1e-3, log_period=1)
     before = torch.cat([p.detach().flatten().clone() for p in trainer.module.parameters()])
     trainer.resume_or_start(resume=False)

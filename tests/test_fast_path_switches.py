@@ -16,14 +16,14 @@ from typing import Dict, List
 import numpy as np
 import pytest
 import torch
+from test_modeling_fast_path import random_frozen_bn_
+from test_train_det import write_tiny_coco
 
 import resnet_det.engine.inference as inference
 import resnet_det.engine.train_detection as train_detection
 from backbones import build_backbone
 from backbones.norm import FrozenBatchNorm2d
 from resnet_det.config import DetectionConfig, load_config
-from test_modeling_fast_path import random_frozen_bn_
-from test_train_det import write_tiny_coco
 
 HEADS_AND_POOLERS = [(head, pooler) for head in ("c4", "fpn") for pooler in ("roi_align", "roi_pool")]
 NEEDS_CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA: the switch only acts on a GPU")
@@ -69,24 +69,52 @@ def run_training(tiny_data, head, pooler, device, *switches) -> Run:
     shutil.rmtree(out, ignore_errors=True)
     resolution = 8 if head == "c4" else 7
     name = tiny_data["name"]
-    cfg = load_config(DetectionConfig, None, [
-        f"model.head={head}", f"model.roi_heads.pooler={pooler}", f"model.roi_heads.pooler_resolution={resolution}",
-        "model.backbone.name=r18", f"model.backbone.weights={tiny_data['weights']}",
-        f"datasets.custom.{name}.images={tiny_data['images']}",
-        f"datasets.custom.{name}.annotations={tiny_data['ann']}",
-        f"datasets.train=[{name}]", f"datasets.test=[{name}]",
-        "input.min_size_train=[96]", "input.max_size_train=128", "input.min_size_test=96", "input.max_size_test=128",
-        "model.rpn.pre_nms_topk_train=200", "model.rpn.post_nms_topk_train=64",
-        "model.rpn.pre_nms_topk_test=100", "model.rpn.post_nms_topk_test=32",
-        "model.roi_heads.batch_size_per_image=32", "model.roi_heads.fc_dim=64", "model.fpn_channels=32",
-        "model.roi_heads.score_thresh=0.0", "model.roi_heads.detections_per_image=10",
-        "dataloader.num_workers=0", f"solver.max_iter={ITERATIONS}", "solver.batch_size=2",
-        "solver.base_lr=0.002", "solver.reference_batch_size=2", "solver.warmup_iters=1", "solver.steps=[]",
-        "train.log_period=1", "train.checkpoint_period=100", f"train.device={device}", f"train.output_dir={out}",
-        # The plain path: every switch off; a test turns one on.
-        "train.amp=false", "train.channels_last=false", "train.cudnn_benchmark=false",
-        "train.compile_backbone=null", "test.fold_frozen_bn=false", *switches,
-    ])
+    cfg = load_config(
+        DetectionConfig,
+        None,
+        [
+            f"model.head={head}",
+            f"model.roi_heads.pooler={pooler}",
+            f"model.roi_heads.pooler_resolution={resolution}",
+            "model.backbone.name=r18",
+            f"model.backbone.weights={tiny_data['weights']}",
+            f"datasets.custom.{name}.images={tiny_data['images']}",
+            f"datasets.custom.{name}.annotations={tiny_data['ann']}",
+            f"datasets.train=[{name}]",
+            f"datasets.test=[{name}]",
+            "input.min_size_train=[96]",
+            "input.max_size_train=128",
+            "input.min_size_test=96",
+            "input.max_size_test=128",
+            "model.rpn.pre_nms_topk_train=200",
+            "model.rpn.post_nms_topk_train=64",
+            "model.rpn.pre_nms_topk_test=100",
+            "model.rpn.post_nms_topk_test=32",
+            "model.roi_heads.batch_size_per_image=32",
+            "model.roi_heads.fc_dim=64",
+            "model.fpn_channels=32",
+            "model.roi_heads.score_thresh=0.0",
+            "model.roi_heads.detections_per_image=10",
+            "dataloader.num_workers=0",
+            f"solver.max_iter={ITERATIONS}",
+            "solver.batch_size=2",
+            "solver.base_lr=0.002",
+            "solver.reference_batch_size=2",
+            "solver.warmup_iters=1",
+            "solver.steps=[]",
+            "train.log_period=1",
+            "train.checkpoint_period=100",
+            f"train.device={device}",
+            f"train.output_dir={out}",
+            # The plain path: every switch off; a test turns one on.
+            "train.amp=false",
+            "train.channels_last=false",
+            "train.cudnn_benchmark=false",
+            "train.compile_backbone=null",
+            "test.fold_frozen_bn=false",
+            *switches,
+        ],
+    )
     train_detection.train_detector(cfg)
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     losses = [{k: v for k, v in r.items() if "loss" in k} for r in rows if "total_loss" in r]

@@ -5,14 +5,13 @@ import math
 import pytest
 import torch
 from torch import nn
+from torchvision.ops import roi_pool
 
 from backbones import ShapeSpec, build_backbone
 from backbones.norm import FrozenBatchNorm2d
 from resnet_det.config import DetectionConfig, load_config
 from resnet_det.errors import ConfigError
 from resnet_det.modeling import build_detector
-from torchvision.ops import roi_pool
-
 from resnet_det.modeling.detector import MultiScaleRoIPool, anchor_sizes, build_box_pooler
 
 NUM_CLASSES = 2

@@ -76,7 +76,9 @@ def test_rejects_float_or_non_rgb_images(bad):
 
 def test_config_overrides_only_the_fields_it_sets():
     weights = InputFormat(channel_order="RGB", pixel_mean=MEAN, pixel_std=STD)
-    cfg = load_config(DetectionConfig, None, ["model.input_format.channel_order=BGR", "model.input_format.pixel_std=[1, 1, 1]"])
+    cfg = load_config(
+        DetectionConfig, None, ["model.input_format.channel_order=BGR", "model.input_format.pixel_std=[1, 1, 1]"]
+    )
     fmt = resolve_input_format(weights, cfg.model.input_format)
     assert fmt.channel_order == "BGR" and list(fmt.pixel_mean) == list(MEAN) and list(fmt.pixel_std) == [1, 1, 1]
     assert resolve_input_format(weights, load_config(DetectionConfig).model.input_format) == weights

@@ -12,13 +12,12 @@ import numpy as np
 import pytest
 import torch
 from omegaconf import OmegaConf
+from test_train_det import write_tiny_coco
 
 from resnet_det.config import DetectionConfig, load_config
 from resnet_det.engine.predictor import Predictor, load_detector
 from resnet_det.errors import CheckpointError
 from resnet_det.modeling import build_detector
-
-from test_train_det import write_tiny_coco
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
@@ -34,11 +33,18 @@ def run_dir(tmp_path_factory):
         DetectionConfig,
         None,
         [
-            "model.head=fpn", "model.backbone.name=r18", "model.backbone.weights=null",
-            "model.roi_heads.score_thresh=0.0", "model.rpn.post_nms_topk_test=20",
-            "input.min_size_test=96", "input.max_size_test=128", "dataloader.num_workers=0",
-            f"datasets.custom.tiny.images={images}", f"datasets.custom.tiny.annotations={ann}",
-            "datasets.train=[tiny]", "datasets.test=[tiny]",
+            "model.head=fpn",
+            "model.backbone.name=r18",
+            "model.backbone.weights=null",
+            "model.roi_heads.score_thresh=0.0",
+            "model.rpn.post_nms_topk_test=20",
+            "input.min_size_test=96",
+            "input.max_size_test=128",
+            "dataloader.num_workers=0",
+            f"datasets.custom.tiny.images={images}",
+            f"datasets.custom.tiny.annotations={ann}",
+            "datasets.train=[tiny]",
+            "datasets.test=[tiny]",
         ],
     )
     torch.manual_seed(0)
@@ -46,9 +52,17 @@ def run_dir(tmp_path_factory):
     (root / "out").mkdir()
     (root / "out" / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     meta = {
-        "kind": "detection", "arch": "r18", "head": "fpn", "num_classes": 3, "class_names": CLASSES,
+        "kind": "detection",
+        "arch": "r18",
+        "head": "fpn",
+        "num_classes": 3,
+        "class_names": CLASSES,
         "label_to_category_id": {1: 1, 2: 2, 3: 3},
-        "input_format": {"channel_order": "RGB", "pixel_mean": [123.675, 116.28, 103.53], "pixel_std": [58.395, 57.12, 57.375]},
+        "input_format": {
+            "channel_order": "RGB",
+            "pixel_mean": [123.675, 116.28, 103.53],
+            "pixel_std": [58.395, 57.12, 57.375],
+        },
     }
     torch.save({"model": model.state_dict(), "iteration": 10, "meta": meta}, root / "out" / "model_final.pth")
     return root / "out", images
@@ -79,7 +93,11 @@ def test_checkpoint_that_does_not_fit_the_config_is_refused(run_dir, tmp_path):
         load_detector(config=run / "config.yaml", weights=tmp_path / "five.pth")
     proc = subprocess.run(
         [sys.executable, "tools/eval.py", "--config", str(other), "--weights", str(run / "model_final.pth")],
-        cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300,
+        cwd=REPO,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 2 and proc.stderr.startswith("error: ") and "Traceback" not in proc.stderr
 
@@ -95,9 +113,23 @@ def test_infer_on_an_image_a_folder_and_a_video(run_dir, tmp_path):
     for source, expect in ((first, 1), (images, 4), (video, 4)):
         out = tmp_path / f"out_{source.name}"
         proc = subprocess.run(
-            [sys.executable, "tools/infer.py", "--run", str(run), "--input", str(source), "--output", str(out),
-             "--score-thresh", "0.0"],
-            cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300,
+            [
+                sys.executable,
+                "tools/infer.py",
+                "--run",
+                str(run),
+                "--input",
+                str(source),
+                "--output",
+                str(out),
+                "--score-thresh",
+                "0.0",
+            ],
+            cwd=REPO,
+            env=ENV,
+            capture_output=True,
+            text=True,
+            timeout=300,
         )
         assert proc.returncode == 0, proc.stderr[-2000:]
         results = json.loads((out / "detections.json").read_text())
@@ -117,7 +149,11 @@ def test_eval_run_writes_the_report(run_dir, tmp_path):
     out = tmp_path / "eval"
     proc = subprocess.run(
         [sys.executable, "tools/eval.py", "--run", str(run), "--output", str(out)],
-        cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300,
+        cwd=REPO,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "Average Precision  (AP) @[ IoU=0.50:0.95 | area=   all | maxDets=100 ]" in proc.stdout

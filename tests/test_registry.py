@@ -5,10 +5,10 @@ import uuid
 
 import pytest
 import torch
+from data_fixtures import detection_cfg, write_image
 from torch import nn
 
 from backbones import BackboneError, Registry
-from data_fixtures import detection_cfg, write_image
 from resnet_det.config import DetectionConfig, load_config
 from resnet_det.data.catalog import get_datasets, register_dataset
 from resnet_det.errors import ConfigError, DatasetError, EvaluationError
@@ -61,10 +61,18 @@ def _toy_head(model_cfg, make_backbone):
 def test_a_users_head_is_built_through_the_config():
     name = _name("head")
     HEADS.register(name, _toy_head)
-    cfg = load_config(DetectionConfig, None, [
-        f"model.head={name}", "model.backbone.name=r18", "model.roi_heads.pooler_resolution=4",
-        "model.rpn.pre_nms_topk_train=50", "model.rpn.post_nms_topk_train=16", "model.roi_heads.batch_size_per_image=8",
-    ])
+    cfg = load_config(
+        DetectionConfig,
+        None,
+        [
+            f"model.head={name}",
+            "model.backbone.name=r18",
+            "model.roi_heads.pooler_resolution=4",
+            "model.rpn.pre_nms_topk_train=50",
+            "model.rpn.post_nms_topk_train=16",
+            "model.roi_heads.batch_size_per_image=8",
+        ],
+    )
     model = build_detector(cfg, num_classes=2)
     assert model.roi_heads.box_roi_pool.scales == [1 / 8]  # from the head's features' output_shape()
     assert model.rpn.head.conv[0][0].in_channels == 128  # r18's c3
@@ -88,8 +96,15 @@ def test_an_unknown_head_fails_when_the_config_loads_naming_the_close_match():
 
 
 def _records():
-    records = [{"image_id": 1, "file_name": "a.png", "height": 20, "width": 20,
-                "annotations": [{"bbox": [2.0, 2.0, 12.0, 12.0], "label": 1, "iscrowd": 0, "difficult": 0}]}]
+    records = [
+        {
+            "image_id": 1,
+            "file_name": "a.png",
+            "height": 20,
+            "width": 20,
+            "annotations": [{"bbox": [2.0, 2.0, 12.0, 12.0], "label": 1, "iscrowd": 0, "difficult": 0}],
+        }
+    ]
     metadata = {"name": "toy", "class_names": ["thing"], "label_to_category_id": {1: 1}}
     return records, metadata
 
@@ -106,7 +121,9 @@ def test_a_users_metric_is_chosen_by_name_in_the_config_and_scores():
     detections = [{"image_id": 1, "category_id": 1, "bbox": [2.0, 2.0, 10.0, 10.0], "score": 0.9}] * 3
     report = evaluate_detections(detections, records, metadata, metric=cfg.test.metric)
     assert report["metric"] == name and report["summary"] == {"detections_per_image": 3.0}
-    with pytest.raises(ConfigError, match=r"test.metric='voc12': unknown metric 'voc12': choose one of .*coco.*did you mean"):
+    with pytest.raises(
+        ConfigError, match=r"test.metric='voc12': unknown metric 'voc12': choose one of .*coco.*did you mean"
+    ):
         load_config(DetectionConfig, None, ["test.metric=voc12"])
     with pytest.raises(EvaluationError, match="unknown metric 'voc12': choose one of"):
         evaluate_detections(detections, records, metadata, metric="voc12")

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from data_fixtures import make_image_folder
 from test_train_det import TINY, write_tiny_coco
 
@@ -67,10 +66,29 @@ def tiny_coco(tmp_path_factory):
 
 def det_cmd(ann, images, head, output):
     return [
-        sys.executable, str(REPO / "tools/train_det.py"), "--head", head, "--backbone", "r18",
-        "--train-json", str(ann), "--train-images", str(images), "--output", str(output),
-        "--max-iter", str(MAX_ITER), "--batch-size", "2", "--lr", "0.01", *TINY, "datasets.test=[]",
-        "dataloader.num_workers=2", "train.checkpoint_period=2", "train.max_checkpoints_kept=2",
+        sys.executable,
+        str(REPO / "tools/train_det.py"),
+        "--head",
+        head,
+        "--backbone",
+        "r18",
+        "--train-json",
+        str(ann),
+        "--train-images",
+        str(images),
+        "--output",
+        str(output),
+        "--max-iter",
+        str(MAX_ITER),
+        "--batch-size",
+        "2",
+        "--lr",
+        "0.01",
+        *TINY,
+        "datasets.test=[]",
+        "dataloader.num_workers=2",
+        "train.checkpoint_period=2",
+        "train.max_checkpoints_kept=2",
     ]
 
 
@@ -89,10 +107,27 @@ def test_train_det_killed_and_resumed_equals_uninterrupted(tmp_path, tiny_coco, 
 
 def cls_cmd(data, output):
     return [
-        sys.executable, str(REPO / "tools/train_cls.py"), "--dataset", "folder", "--data-root", str(data),
-        "--output", str(output), "--device", "cpu", "--max-iter", str(MAX_ITER), "--batch-size", "4",
-        "dataloader.num_workers=2", "train.checkpoint_period=2", "train.log_period=2", "train.eval_period=0",
-        "input.crop_size=16", "input.scale_range=[16,20]", "input.test_resize=18",
+        sys.executable,
+        str(REPO / "tools/train_cls.py"),
+        "--dataset",
+        "folder",
+        "--data-root",
+        str(data),
+        "--output",
+        str(output),
+        "--device",
+        "cpu",
+        "--max-iter",
+        str(MAX_ITER),
+        "--batch-size",
+        "4",
+        "dataloader.num_workers=2",
+        "train.checkpoint_period=2",
+        "train.log_period=2",
+        "train.eval_period=0",
+        "input.crop_size=16",
+        "input.scale_range=[16,20]",
+        "input.test_resize=18",
     ]
 
 
@@ -113,7 +148,18 @@ def test_torchrun_replicas_hold_equal_weights(tmp_path, tiny_coco):
     out = tmp_path / "ddp"
     cmd = det_cmd(ann, images, "fpn", out)
     cmd[1] = str(REPO / "tests" / "scripts" / "ddp_replicas.py")
-    run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", *cmd[1:], "--device", "cpu"])
+    run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=2",
+            *cmd[1:],
+            "--device",
+            "cpu",
+        ]
+    )
     rank0, rank1 = torch.load(out / "rank0.pth", weights_only=True), torch.load(out / "rank1.pth", weights_only=True)
     assert_bit_equal(rank0, rank1)
     assert_bit_equal(_weights(out / "model_final.pth"), rank0)  # the dump is the model rank 0 saved

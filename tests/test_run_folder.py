@@ -13,12 +13,11 @@ from pathlib import Path
 
 import pytest
 import yaml
-
-from resnet_det.engine.predictor import load_detector
-
 from data_fixtures import make_image_folder
 from test_engine_run_lock import folder_hashes
 from test_train_det import ENV, REPO, TINY, run_tool, write_tiny_coco
+
+from resnet_det.engine.predictor import load_detector
 
 
 @pytest.fixture(scope="module")
@@ -28,9 +27,29 @@ def tiny_coco(tmp_path_factory):
 
 def _det_args(tiny_coco, output: Path, *extra: str) -> list:
     ann, images = tiny_coco
-    return ["--head", "fpn", "--backbone", "r18", "--train-json", str(ann), "--train-images", str(images),
-            "--val-json", str(ann), "--val-images", str(images), "--output", str(output), "--batch-size", "2",
-            "--lr", "0.005", *TINY, "train.checkpoint_period=2", *extra]
+    return [
+        "--head",
+        "fpn",
+        "--backbone",
+        "r18",
+        "--train-json",
+        str(ann),
+        "--train-images",
+        str(images),
+        "--val-json",
+        str(ann),
+        "--val-images",
+        str(images),
+        "--output",
+        str(output),
+        "--batch-size",
+        "2",
+        "--lr",
+        "0.005",
+        *TINY,
+        "train.checkpoint_period=2",
+        *extra,
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -64,8 +83,20 @@ def test_a_refused_train_det_call_changes_no_byte_of_a_finished_run(tiny_coco, f
 def test_a_refused_train_cls_call_changes_no_byte_of_a_finished_run(tmp_path):
     make_image_folder(tmp_path / "pets" / "train", {"cat": 2, "dog": 2}, size=20)
     make_image_folder(tmp_path / "pets" / "val", {"cat": 1, "dog": 1}, size=20)
-    common = [sys.executable, str(REPO / "tools" / "train_cls.py"), "--dataset", "folder", "--data-root", "pets",
-              "--output", "run", "--device", "cpu", "--batch-size", "4"]
+    common = [
+        sys.executable,
+        str(REPO / "tools" / "train_cls.py"),
+        "--dataset",
+        "folder",
+        "--data-root",
+        "pets",
+        "--output",
+        "run",
+        "--device",
+        "cpu",
+        "--batch-size",
+        "4",
+    ]
 
     def train(*extra):
         return subprocess.run([*common, *extra], cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=300)
@@ -83,8 +114,13 @@ def test_run_readers_rebuild_the_model_from_the_checkpoints_config(finished_det_
     run = tmp_path / "run"
     subprocess.run(["cp", "-a", str(finished_det_run), str(run)], check=True)
     trained = yaml.safe_load((run / "config.yaml").read_text())
-    edited = {**trained, "model": {**trained["model"], "roi_heads": {**trained["model"]["roi_heads"], "score_thresh": 0.99,
-                                                                     "nms_thresh": 0.1}}}
+    edited = {
+        **trained,
+        "model": {
+            **trained["model"],
+            "roi_heads": {**trained["model"]["roi_heads"], "score_thresh": 0.99, "nms_thresh": 0.1},
+        },
+    }
     (run / "config.yaml").write_text(yaml.safe_dump(edited))
     with caplog.at_level(logging.WARNING):
         loaded = load_detector(run=run, overrides=["input.min_size_test=64"])
@@ -101,7 +137,11 @@ def test_readers_during_training_and_sigterm_exits_75(tiny_coco, tmp_path):
     run = tmp_path / "run"
     trainer = subprocess.Popen(
         [sys.executable, str(REPO / "tools/train_det.py"), *_det_args(tiny_coco, run, "--max-iter", "100000")],
-        cwd=REPO, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cwd=REPO,
+        env=ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         deadline = time.monotonic() + 300
@@ -112,11 +152,22 @@ def test_readers_during_training_and_sigterm_exits_75(tiny_coco, tmp_path):
         _, images = tiny_coco
         readers = {
             "evaluating": [str(REPO / "tools/eval.py"), "--run", str(run), "--output", str(tmp_path / "eval")],
-            "detecting with": [str(REPO / "tools/infer.py"), "--run", str(run), "--input", str(sorted(images.iterdir())[0]),
-                               "--output", str(tmp_path / "infer"), "--device", "cpu"],
+            "detecting with": [
+                str(REPO / "tools/infer.py"),
+                "--run",
+                str(run),
+                "--input",
+                str(sorted(images.iterdir())[0]),
+                "--output",
+                str(tmp_path / "infer"),
+                "--device",
+                "cpu",
+            ],
         }
         for says, args in readers.items():
-            proc = subprocess.run([sys.executable, *args], cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300)
+            proc = subprocess.run(
+                [sys.executable, *args], cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300
+            )
             assert proc.returncode == 0, proc.stderr[-3000:]
             match = re.search(rf"{says} checkpoint (\S+/model_(\d+)\.pth) \(iteration (\d+)\)", proc.stderr)
             assert match, proc.stderr[-2000:]

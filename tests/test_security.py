@@ -127,8 +127,22 @@ def test_resume_of_a_run_folder_from_elsewhere_refuses_a_checkpoint_that_runs_co
     evil_checkpoint(run / "model_0000002.pth", marker)
     (run / "last_checkpoint").write_text("model_0000002.pth\n")
     argv = [
-        "--dataset", "cifar10", "--data-root", tmp_path / "data", "--model", "cifar_r8", "--output", run,
-        "--resume", "--device", "cpu", "--max-iter", "4", "--batch-size", "4", "dataloader.num_workers=0",
+        "--dataset",
+        "cifar10",
+        "--data-root",
+        tmp_path / "data",
+        "--model",
+        "cifar_r8",
+        "--output",
+        run,
+        "--resume",
+        "--device",
+        "cpu",
+        "--max-iter",
+        "4",
+        "--batch-size",
+        "4",
+        "dataloader.num_workers=0",
     ]
     line = run_tool("train_cls", argv, capsys)
     assert re.match("error: " + refused_line(run / "model_0000002.pth"), line), line
@@ -163,8 +177,23 @@ def test_train_cls_weights_refuse_a_classification_checkpoint_that_runs_code(tmp
     path = tmp_path / "cls.pth"
     torch.save({"model": RunsCommand(marker), "meta": {"kind": "classification"}}, path)
     argv = [
-        "--dataset", "cifar10", "--data-root", tmp_path / "data", "--model", "cifar_r8", "--output", tmp_path / "run",
-        "--weights", path, "--device", "cpu", "--max-iter", "1", "--batch-size", "4", "dataloader.num_workers=0",
+        "--dataset",
+        "cifar10",
+        "--data-root",
+        tmp_path / "data",
+        "--model",
+        "cifar_r8",
+        "--output",
+        tmp_path / "run",
+        "--weights",
+        path,
+        "--device",
+        "cpu",
+        "--max-iter",
+        "1",
+        "--batch-size",
+        "4",
+        "dataloader.num_workers=0",
     ]
     line = run_tool("train_cls", argv, capsys)
     assert re.match("error: " + refused_line(path), line), line
@@ -181,8 +210,22 @@ def test_a_cifar_batch_that_runs_code_is_refused_and_no_flag_trusts_it(tmp_path,
         load_cifar10(tmp_path / "data", train=True)
     line = run_tool(
         "train_cls",
-        ["--dataset", "cifar10", "--data-root", tmp_path / "data", "--model", "cifar_r8", "--output", tmp_path / "run",
-         "--device", "cpu", "--max-iter", "1", "--trust-checkpoint", "dataloader.num_workers=0"],
+        [
+            "--dataset",
+            "cifar10",
+            "--data-root",
+            tmp_path / "data",
+            "--model",
+            "cifar_r8",
+            "--output",
+            tmp_path / "run",
+            "--device",
+            "cpu",
+            "--max-iter",
+            "1",
+            "--trust-checkpoint",
+            "dataloader.num_workers=0",
+        ],
         capsys,
     )
     assert re.match("error: " + refused_line(batch), line), line
@@ -203,7 +246,18 @@ def test_trust_checkpoint_loads_the_file_with_a_warning(tmp_path, marker, caplog
     path = evil_checkpoint(tmp_path / "evil.pth", marker)
     image = tmp_path / "photo.png"
     write_image(image, 16, 16)
-    argv = ["--config", SHAPES_FPN, "--weights", path, "--input", image, "--output", tmp_path / "out", "--device", "cpu"]
+    argv = [
+        "--config",
+        SHAPES_FPN,
+        "--weights",
+        path,
+        "--input",
+        image,
+        "--output",
+        tmp_path / "out",
+        "--device",
+        "cpu",
+    ]
     with caplog.at_level(logging.WARNING):
         line = run_tool("infer", [*argv, "--trust-checkpoint"], capsys)
     assert marker.exists()
@@ -235,10 +289,25 @@ def test_checkpoints_written_by_training_load_with_plain_weights_only(tmp_path):
     """Everything training stores (optimizer, scheduler, scaler, meta, every random state) is
     tensors and plain data: PyTorch's own safe loader, without our numpy allow-list, takes it."""
     make_cifar(tmp_path / "data", per_batch=4)
-    load_tool("train_cls").main([
-        "--dataset", "cifar10", "--data-root", str(tmp_path / "data"), "--model", "cifar_r8", "--output",
-        str(tmp_path / "run"), "--device", "cpu", "--max-iter", "1", "--batch-size", "4", "dataloader.num_workers=0",
-    ])
+    load_tool("train_cls").main(
+        [
+            "--dataset",
+            "cifar10",
+            "--data-root",
+            str(tmp_path / "data"),
+            "--model",
+            "cifar_r8",
+            "--output",
+            str(tmp_path / "run"),
+            "--device",
+            "cpu",
+            "--max-iter",
+            "1",
+            "--batch-size",
+            "4",
+            "dataloader.num_workers=0",
+        ]
+    )
     periodic = torch.load(tmp_path / "run" / "model_0000001.pth", weights_only=True)
     assert {"model", "optimizer", "scheduler", "rng", "meta"} <= periodic.keys()
     assert torch.load(tmp_path / "run" / "model_final.pth", weights_only=True)["meta"]["arch"] == "cifar_r8"
@@ -247,7 +316,12 @@ def test_checkpoints_written_by_training_load_with_plain_weights_only(tmp_path):
 def test_checkpoints_of_the_previous_format_still_resume(tmp_path):
     """Before, numpy's state was stored as its own tuple (with an array): still safe to read, as
     arrays are rebuilt without running code, and restored the same."""
-    old_rng = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(), "cuda": None}
+    old_rng = {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+        "cuda": None,
+    }
     atomic_torch_save({"model": {}, "rng": old_rng}, tmp_path / "model_0000003.pth")
     expected = np.random.rand(4).tolist()
     state = Checkpointer(tmp_path).load(tmp_path / "model_0000003.pth")
@@ -259,8 +333,16 @@ def test_no_module_loads_a_pickle_past_the_safe_loaders():
     """The one place that may unpickle fully is backbones/serialization.py (behind the opt-in); no
     np.load, torch.load, pickle.load, yaml.load or stdlib XML parse anywhere else."""
     unsafe = {
-        ("pickle", "load"), ("pickle", "loads"), ("torch", "load"), ("np", "load"), ("numpy", "load"),
-        ("yaml", "load"), ("yaml", "unsafe_load"), ("ET", "parse"), ("ET", "fromstring"), ("marshal", "loads"),
+        ("pickle", "load"),
+        ("pickle", "loads"),
+        ("torch", "load"),
+        ("np", "load"),
+        ("numpy", "load"),
+        ("yaml", "load"),
+        ("yaml", "unsafe_load"),
+        ("ET", "parse"),
+        ("ET", "fromstring"),
+        ("marshal", "loads"),
     }
     found = []
     for folder in ("backbones", "resnet_det", "tools"):
@@ -365,19 +447,27 @@ def test_infer_writes_drawn_images_only_into_output(tmp_path, capsys):
     from resnet_det.config import DetectionConfig, load_config
     from resnet_det.modeling import build_detector
 
-    cfg = load_config(DetectionConfig, SHAPES_FPN, ["model.backbone.weights=null", "input.min_size_test=32",
-                                                    "input.max_size_test=64"])
+    cfg = load_config(
+        DetectionConfig, SHAPES_FPN, ["model.backbone.weights=null", "input.min_size_test=32", "input.max_size_test=64"]
+    )
     model = build_detector(cfg, 2)
     run = tmp_path / "run"
     run.mkdir()
     (run / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
-    meta = {"kind": "detection", "arch": cfg.model.backbone.name, "head": cfg.model.head, "num_classes": 2,
-            "class_names": ["<b>x</b>", "y|z"], "label_to_category_id": {1: 1, 2: 2}}
+    meta = {
+        "kind": "detection",
+        "arch": cfg.model.backbone.name,
+        "head": cfg.model.head,
+        "num_classes": 2,
+        "class_names": ["<b>x</b>", "y|z"],
+        "label_to_category_id": {1: 1, 2: 2},
+    }
     torch.save({"model": model.state_dict(), "iteration": 1, "meta": meta}, run / "model_final.pth")
     images = tmp_path / "in"
     write_image(images / ".. .png", 24, 24)
-    load_tool("infer").main(["--run", str(run), "--input", str(images), "--output", str(tmp_path / "out"),
-                             "--device", "cpu"])
+    load_tool("infer").main(
+        ["--run", str(run), "--input", str(images), "--output", str(tmp_path / "out"), "--device", "cpu"]
+    )
     written = sorted(p.name for p in (tmp_path / "out").iterdir())
     assert written == ["_.png", "detections.json"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in", "out", "run"]
@@ -481,13 +571,17 @@ def jpeg_header(width: int, height: int) -> bytes:
 @pytest.mark.parametrize("kind", ["png", "jpeg"])
 def test_an_image_header_claiming_100000x100000_is_refused_before_decoding(tmp_path, kind, monkeypatch):
     path = tmp_path / f"bomb.{'png' if kind == 'png' else 'jpg'}"
-    path.write_bytes(png_header(100000, 100000) if kind == "png" else jpeg_header(65000, 60000))  # JPEG sides stop at 65535
+    path.write_bytes(
+        png_header(100000, 100000) if kind == "png" else jpeg_header(65000, 60000)
+    )  # JPEG sides stop at 65535
     decoded = []
     monkeypatch.setattr(cv2, "imdecode", lambda *a: decoded.append(a) or None)
     with pytest.raises(DatasetError) as error:
         read_image(path)
     size = "100000x100000" if kind == "png" else "65000x60000"
-    assert str(error.value).startswith(f"image {path} claims {size} pixels in its header, more than the limit of 268,435,456")
+    assert str(error.value).startswith(
+        f"image {path} claims {size} pixels in its header, more than the limit of 268,435,456"
+    )
     assert "RESNET_DET_MAX_IMAGE_PIXELS=" in str(error.value) and decoded == []
 
 
@@ -523,5 +617,7 @@ def test_an_oversized_results_file_is_refused_unread(tmp_path, monkeypatch):
     path = tmp_path / "dets.json"
     path.write_text(json.dumps([{"image_id": 1, "category_id": 1, "bbox": [0, 0, 1, 1], "score": 0.5}] * 50))
     monkeypatch.setenv("RESNET_DET_MAX_JSON_BYTES", "1000")
-    with pytest.raises(EvaluationError, match=r"dets.json is [\d,]+ bytes, more than the limit for a JSON file \(1,000\)"):
+    with pytest.raises(
+        EvaluationError, match=r"dets.json is [\d,]+ bytes, more than the limit for a JSON file \(1,000\)"
+    ):
         read_json(path, "results file")

@@ -8,6 +8,7 @@ import uuid
 import pytest
 import torch
 from data_fixtures import make_coco
+from test_train_det import write_tiny_coco
 
 from resnet_det.config import DetectionConfig, load_config
 from resnet_det.data import get_dataset, register_coco_instances
@@ -15,15 +16,26 @@ from resnet_det.data.build import build_detection_test_loader, unreadable_files
 from resnet_det.engine.inference import detect_on_records
 from resnet_det.engine.train_detection import train_detector
 from resnet_det.modeling import build_detector
-from test_train_det import write_tiny_coco
 
 TINY = [
-    "model.backbone.name=r18", "model.backbone.weights=null", "model.fpn_channels=32", "model.roi_heads.fc_dim=64",
-    "model.head=fpn", "model.roi_heads.pooler_resolution=7",
-    "model.rpn.pre_nms_topk_train=200", "model.rpn.post_nms_topk_train=32", "model.roi_heads.batch_size_per_image=16",
-    "model.rpn.pre_nms_topk_test=100", "model.rpn.post_nms_topk_test=20", "model.roi_heads.score_thresh=0.0",
-    "input.min_size_train=[64]", "input.max_size_train=96", "input.min_size_test=64", "input.max_size_test=96",
-    "train.device=cpu", "datasets.corrupt_image=skip",
+    "model.backbone.name=r18",
+    "model.backbone.weights=null",
+    "model.fpn_channels=32",
+    "model.roi_heads.fc_dim=64",
+    "model.head=fpn",
+    "model.roi_heads.pooler_resolution=7",
+    "model.rpn.pre_nms_topk_train=200",
+    "model.rpn.post_nms_topk_train=32",
+    "model.roi_heads.batch_size_per_image=16",
+    "model.rpn.pre_nms_topk_test=100",
+    "model.rpn.post_nms_topk_test=20",
+    "model.roi_heads.score_thresh=0.0",
+    "input.min_size_train=[64]",
+    "input.max_size_train=96",
+    "input.min_size_test=64",
+    "input.max_size_test=96",
+    "train.device=cpu",
+    "datasets.corrupt_image=skip",
 ]
 NOT_AN_IMAGE = b"\x89PNG\r\n\x1a\n truncated"
 
@@ -68,13 +80,26 @@ def test_skipped_training_images_are_counted_in_the_data_report(tmp_path):
     files = sorted(images.iterdir())
     files[1].write_bytes(NOT_AN_IMAGE)
     out, name = tmp_path / "run", f"skipped_{uuid.uuid4().hex[:8]}"
-    cfg = load_config(DetectionConfig, None, [
-        *TINY, f"datasets.custom.{name}.images={images}", f"datasets.custom.{name}.annotations={ann}",
-        f"datasets.train=[{name}]", "datasets.test=[]", "dataloader.num_workers=2",
-        # One batch of the whole set: every image is read in the first iteration.
-        "dataloader.aspect_ratio_grouping=false", "solver.batch_size=4", "solver.max_iter=1", "solver.steps=[]",
-        "solver.warmup_iters=0", "train.log_period=1", f"train.output_dir={out}",
-    ])
+    cfg = load_config(
+        DetectionConfig,
+        None,
+        [
+            *TINY,
+            f"datasets.custom.{name}.images={images}",
+            f"datasets.custom.{name}.annotations={ann}",
+            f"datasets.train=[{name}]",
+            "datasets.test=[]",
+            "dataloader.num_workers=2",
+            # One batch of the whole set: every image is read in the first iteration.
+            "dataloader.aspect_ratio_grouping=false",
+            "solver.batch_size=4",
+            "solver.max_iter=1",
+            "solver.steps=[]",
+            "solver.warmup_iters=0",
+            "train.log_period=1",
+            f"train.output_dir={out}",
+        ],
+    )
     train_detector(cfg)
     report = json.loads((out / "data_report.json").read_text())
     assert report["counts"] == {"corrupt_image skipped": 1}

@@ -32,8 +32,14 @@ def write_tiny_coco(root: Path, n: int = 6, seed: int = 0) -> tuple:
         images.append({"id": i + 1, "file_name": name, "height": image.shape[0], "width": image.shape[1]})
         for label, (x0, y0, x1, y1) in objects:
             annotations.append(
-                {"id": len(annotations) + 1, "image_id": i + 1, "category_id": label,
-                 "bbox": [x0, y0, x1 - x0, y1 - y0], "area": (x1 - x0) * (y1 - y0), "iscrowd": 0}
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": i + 1,
+                    "category_id": label,
+                    "bbox": [x0, y0, x1 - x0, y1 - y0],
+                    "area": (x1 - x0) * (y1 - y0),
+                    "iscrowd": 0,
+                }
             )
     categories = [{"id": k + 1, "name": name} for k, name in enumerate(CLASS_NAMES)]
     ann = root / "annotations.json"
@@ -63,7 +69,11 @@ TINY = [
 def run_tool(args, timeout=600):
     proc = subprocess.run(
         [sys.executable, str(REPO / "tools/train_det.py"), *args],
-        cwd=REPO, env=ENV, capture_output=True, text=True, timeout=timeout,
+        cwd=REPO,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
     return proc
 
@@ -84,9 +94,32 @@ def test_both_heads_train_and_the_loss_falls(tmp_path, tiny_coco, head):
     ann, images = tiny_coco
     out = tmp_path / "run"
     proc = run_tool(
-        ["--head", head, "--backbone", "r18", "--train-json", str(ann), "--train-images", str(images),
-         "--val-json", str(ann), "--val-images", str(images), "--output", str(out), "--max-iter", "20",
-         "--batch-size", "6", "--lr", "0.005", *TINY, "input.hflip_prob=0", "solver.clip_grad_norm=5.0", "train.checkpoint_period=10"]
+        [
+            "--head",
+            head,
+            "--backbone",
+            "r18",
+            "--train-json",
+            str(ann),
+            "--train-images",
+            str(images),
+            "--val-json",
+            str(ann),
+            "--val-images",
+            str(images),
+            "--output",
+            str(out),
+            "--max-iter",
+            "20",
+            "--batch-size",
+            "6",
+            "--lr",
+            "0.005",
+            *TINY,
+            "input.hflip_prob=0",
+            "solver.clip_grad_norm=5.0",
+            "train.checkpoint_period=10",
+        ]
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     values = losses(out)
@@ -104,8 +137,23 @@ def test_both_heads_train_and_the_loss_falls(tmp_path, tiny_coco, head):
 def test_resumed_run_equals_uninterrupted(tmp_path, tiny_coco):
     """Stop at iteration 3 (a finished 3-iteration run), resume to 6: the same weights as 6 straight."""
     ann, images = tiny_coco
-    common = ["--head", "fpn", "--backbone", "r18", "--train-json", str(ann), "--train-images", str(images),
-              "--batch-size", "2", "--lr", "0.01", *TINY, "datasets.test=[]", "train.checkpoint_period=3"]
+    common = [
+        "--head",
+        "fpn",
+        "--backbone",
+        "r18",
+        "--train-json",
+        str(ann),
+        "--train-images",
+        str(images),
+        "--batch-size",
+        "2",
+        "--lr",
+        "0.01",
+        *TINY,
+        "datasets.test=[]",
+        "train.checkpoint_period=3",
+    ]
     straight, split = tmp_path / "straight", tmp_path / "split"
     assert run_tool([*common, "--output", str(straight), "--max-iter", "6"]).returncode == 0
     assert run_tool([*common, "--output", str(split), "--max-iter", "3"]).returncode == 0
@@ -134,11 +182,42 @@ def test_torchrun_two_processes_gloo(tmp_path, tiny_coco):
     ann, images = tiny_coco
     out = tmp_path / "ddp"
     proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517",
-         str(REPO / "tools/train_det.py"), "--head", "fpn", "--backbone", "r18", "--train-json", str(ann),
-         "--train-images", str(images), "--val-json", str(ann), "--val-images", str(images), "--output", str(out),
-         "--max-iter", "3", "--batch-size", "2", "--lr", "0.01", "--device", "cpu", *TINY],
-        cwd=REPO, env=ENV, capture_output=True, text=True, timeout=600,
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node=2",
+            "--master_port=29517",
+            str(REPO / "tools/train_det.py"),
+            "--head",
+            "fpn",
+            "--backbone",
+            "r18",
+            "--train-json",
+            str(ann),
+            "--train-images",
+            str(images),
+            "--val-json",
+            str(ann),
+            "--val-images",
+            str(images),
+            "--output",
+            str(out),
+            "--max-iter",
+            "3",
+            "--batch-size",
+            "2",
+            "--lr",
+            "0.01",
+            "--device",
+            "cpu",
+            *TINY,
+        ],
+        cwd=REPO,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (out / "model_final.pth").is_file()
@@ -151,10 +230,29 @@ def test_real_coco_mini_through_own_data_path(tmp_path, shared_data):
     coco = shared_data / "coco_mini"
     out = tmp_path / "coco"
     proc = run_tool(
-        ["--head", "fpn", "--backbone", "r18", "--train-json", str(coco / "annotations.json"),
-         "--train-images", str(coco / "images"), "--val-json", str(coco / "annotations.json"),
-         "--val-images", str(coco / "images"), "--output", str(out), "--max-iter", "4", "--batch-size", "2",
-         "--lr", "0.005", *TINY]
+        [
+            "--head",
+            "fpn",
+            "--backbone",
+            "r18",
+            "--train-json",
+            str(coco / "annotations.json"),
+            "--train-images",
+            str(coco / "images"),
+            "--val-json",
+            str(coco / "annotations.json"),
+            "--val-images",
+            str(coco / "images"),
+            "--output",
+            str(out),
+            "--max-iter",
+            "4",
+            "--batch-size",
+            "2",
+            "--lr",
+            "0.005",
+            *TINY,
+        ]
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert all(np.isfinite(losses(out)))

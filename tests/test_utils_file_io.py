@@ -16,7 +16,9 @@ def test_read_json_raises_the_callers_error_with_line_column_and_fix(tmp_path, e
 
 
 def test_read_json_names_a_missing_file_and_a_file_that_is_not_text(tmp_path):
-    with pytest.raises(EvaluationError, match=r"^results file .*gone.json does not exist: give the path of a JSON file$"):
+    with pytest.raises(
+        EvaluationError, match=r"^results file .*gone.json does not exist: give the path of a JSON file$"
+    ):
         read_json(tmp_path / "gone.json", "results file", EvaluationError)
     binary = tmp_path / "b.json"
     binary.write_bytes(b'{"a": "\xff\xfe"}')

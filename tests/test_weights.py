@@ -232,8 +232,17 @@ def real_msra_r50(tmp_path_factory):
 
 def test_real_msra_names_load_with_conv1_bias_folded(real_msra_r50, caplog):
     path, blobs, momentum, x, features, logits = real_msra_r50
-    assert {"conv1_w", "conv1_b", "res_conv1_bn_s", "res2_0_branch1_w", "res2_0_branch2a_bn_s", "res5_2_branch2c_w",
-            "fc1000_w", "fc1000_b", "conv1_w_momentum"} <= set(blobs)
+    assert {
+        "conv1_w",
+        "conv1_b",
+        "res_conv1_bn_s",
+        "res2_0_branch1_w",
+        "res2_0_branch2a_bn_s",
+        "res5_2_branch2c_w",
+        "fc1000_w",
+        "fc1000_b",
+        "conv1_w_momentum",
+    } <= set(blobs)
     model = build_model("r50")
     with caplog.at_level(logging.INFO, logger="backbones.weights"):
         report = load_weights(model, path)
@@ -318,7 +327,9 @@ def test_classification_checkpoint_rebuilds_the_model(classification_checkpoint)
 
 def test_checkpoint_of_another_arch_is_refused(classification_checkpoint):
     _, path = classification_checkpoint
-    with pytest.raises(BackboneError, match=r"model_0000010.pth: a checkpoint of cifar_r8, which does not load into r50:"):
+    with pytest.raises(
+        BackboneError, match=r"model_0000010.pth: a checkpoint of cifar_r8, which does not load into r50:"
+    ):
         build_backbone("r50", weights=path)
     with pytest.raises(BackboneError, match="a checkpoint of cifar_r8, which does not load into cifar_r14"):
         load_weights(build_model("cifar_r14"), path)
@@ -379,8 +390,14 @@ def test_backbones_alone_know_no_detector_layout(tmp_path):
         "assert not any(name.startswith('resnet_det') for name in sys.modules)\n"
     )
     root = Path(__file__).resolve().parents[1]
-    run = subprocess.run([sys.executable, "-c", script, str(path)], capture_output=True, text=True, cwd=root,
-                         env={**os.environ, "PYTHONPATH": str(root)}, timeout=120)
+    run = subprocess.run(
+        [sys.executable, "-c", script, str(path)],
+        capture_output=True,
+        text=True,
+        cwd=root,
+        env={**os.environ, "PYTHONPATH": str(root)},
+        timeout=120,
+    )
     assert run.returncode == 0, run.stderr
     assert "meta.kind is 'detection'; a checkpoint of ours says 'classification'" in run.stdout
     assert "read once resnet_det.modeling is imported" in run.stdout
@@ -444,8 +461,11 @@ def test_missing_and_unexpected_are_reported_by_name(torchvision_r18):
     _, path = torchvision_r18
     plain = load_weights(build_model("plain18"), path)
     assert plain.missing == []
-    assert plain.unexpected == [f"layer{i}.0.downsample.{j}.{p}" for i in (2, 3, 4) for j, p in
-                                [(0, "weight"), (1, "weight"), (1, "bias"), (1, "running_mean"), (1, "running_var")]]
+    assert plain.unexpected == [
+        f"layer{i}.0.downsample.{j}.{p}"
+        for i in (2, 3, 4)
+        for j, p in [(0, "weight"), (1, "weight"), (1, "bias"), (1, "running_mean"), (1, "running_var")]
+    ]
     deeper = load_weights(build_model("r34"), path)
     assert "layer1.2.conv1.weight" in deeper.missing and "layer4.2.bn2.bias" in deeper.missing
     assert deeper.unexpected == []
@@ -490,7 +510,9 @@ def test_files_that_are_not_weights(tmp_path, name, write, why):
         build_backbone("r18", weights=path)
     message = str(error.value)
     assert re.fullmatch(
-        re.escape(f"{path} is not a weights file ") + why + re.escape(
+        re.escape(f"{path} is not a weights file ")
+        + why
+        + re.escape(
             "; accepted are 'imagenet', a torchvision state dict (.pth), an MSRA/caffe2 model (.pkl) "
             "or a checkpoint of our own training"
         ),
@@ -503,10 +525,14 @@ def test_missing_file_and_foreign_checkpoint(tmp_path):
         build_model("r18", weights=tmp_path / "nothing.pth")
     path = tmp_path / "other.pth"
     torch.save({"model": {}, "meta": {"kind": "gan"}}, path)
-    with pytest.raises(BackboneError, match=r"other.pth: meta.kind is 'gan'; a checkpoint of ours says 'classification'"):
+    with pytest.raises(
+        BackboneError, match=r"other.pth: meta.kind is 'gan'; a checkpoint of ours says 'classification'"
+    ):
         build_model("r18", weights=path)
     torch.save({"model": {}, "meta": {"kind": "classification", "input_format": {"channel_order": "RGB"}}}, path)
-    with pytest.raises(BackboneError, match=r"other.pth: meta.input_format \{'channel_order': 'RGB'\} is not \{channel"):
+    with pytest.raises(
+        BackboneError, match=r"other.pth: meta.input_format \{'channel_order': 'RGB'\} is not \{channel"
+    ):
         build_model("r18", weights=path)
 
 

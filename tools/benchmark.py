@@ -40,22 +40,42 @@ def parse_args(argv=None):
     parser.add_argument("--head", default=d.head, choices=["c4", "fpn"], help=f"detection head (default {d.head})")
     parser.add_argument("--size", type=int, default=d.size, help=f"inference short side in pixels (default {d.size})")
     parser.add_argument("--max-size", type=int, default=d.max_size, help=f"long side cap (default {d.max_size})")
-    parser.add_argument("--proposals", type=int, default=d.proposals, help=f"RPN proposals per image (default {d.proposals})")
-    parser.add_argument("--detections", type=int, default=d.detections, help=f"detections per image (default {d.detections})")
+    parser.add_argument(
+        "--proposals", type=int, default=d.proposals, help=f"RPN proposals per image (default {d.proposals})"
+    )
+    parser.add_argument(
+        "--detections", type=int, default=d.detections, help=f"detections per image (default {d.detections})"
+    )
     parser.add_argument("--batch", type=int, default=d.batch, help=f"inference images per batch (default {d.batch})")
-    parser.add_argument("--train-size", type=int, default=d.train_size, help=f"training short side (default {d.train_size})")
-    parser.add_argument("--train-batch", type=int, default=d.train_batch, help=f"training images per iteration (default {d.train_batch})")
-    parser.add_argument("--workers", type=int, default=d.workers, help=f"data loader worker processes (default {d.workers})")
+    parser.add_argument(
+        "--train-size", type=int, default=d.train_size, help=f"training short side (default {d.train_size})"
+    )
+    parser.add_argument(
+        "--train-batch",
+        type=int,
+        default=d.train_batch,
+        help=f"training images per iteration (default {d.train_batch})",
+    )
+    parser.add_argument(
+        "--workers", type=int, default=d.workers, help=f"data loader worker processes (default {d.workers})"
+    )
     parser.add_argument("--threads", type=int, default=d.threads, help=f"torch threads (default {d.threads})")
     parser.add_argument("--warmup", type=int, default=d.warmup, help=f"untimed runs first (default {d.warmup})")
     parser.add_argument("--runs", type=int, default=d.runs, help=f"timed runs (default {d.runs})")
     parser.add_argument("--device", default=d.device, help="cpu | cuda | cuda:N (default cpu)")
-    parser.add_argument("--no-fast-path", action="store_true", help="measure our plain path (no BN folding, channels-last, inference_mode)")
     parser.add_argument(
-        "--compile", metavar="BACKEND",
+        "--no-fast-path",
+        action="store_true",
+        help="measure our plain path (no BN folding, channels-last, inference_mode)",
+    )
+    parser.add_argument(
+        "--compile",
+        metavar="BACKEND",
         help="also torch.compile our backbone for inference (e.g. inductor; the first warm-up run compiles)",
     )
-    parser.add_argument("--only", nargs="+", choices=MEASURES, default=list(MEASURES), help="which measures (default: all)")
+    parser.add_argument(
+        "--only", nargs="+", choices=MEASURES, default=list(MEASURES), help="which measures (default: all)"
+    )
     parser.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     return parser.parse_args(argv)
 
@@ -67,10 +87,22 @@ def main(argv=None):
     from resnet_det.utils.file_io import atomic_write_text
 
     settings = Settings(
-        backbone=args.backbone, head=args.head, size=args.size, max_size=args.max_size, proposals=args.proposals,
-        detections=args.detections, batch=args.batch, train_size=args.train_size, train_batch=args.train_batch,
-        warmup=args.warmup, runs=args.runs, threads=args.threads, device=args.device,
-        fast_path=not args.no_fast_path, compile_backend=args.compile, workers=args.workers,
+        backbone=args.backbone,
+        head=args.head,
+        size=args.size,
+        max_size=args.max_size,
+        proposals=args.proposals,
+        detections=args.detections,
+        batch=args.batch,
+        train_size=args.train_size,
+        train_batch=args.train_batch,
+        warmup=args.warmup,
+        runs=args.runs,
+        threads=args.threads,
+        device=args.device,
+        fast_path=not args.no_fast_path,
+        compile_backend=args.compile,
+        workers=args.workers,
     )
     result = run_benchmarks(settings, args.only)
     print(format_result(result))

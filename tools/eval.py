@@ -48,7 +48,11 @@ def parse_args(argv=None):
     source.add_argument(
         "--results", metavar="FILE", help="detections in COCO results format, or a folder of VOC per-class files"
     )
-    source.add_argument("--run", metavar="DIR", help="a training output folder: its newest checkpoint, rebuilt from the config stored in it")
+    source.add_argument(
+        "--run",
+        metavar="DIR",
+        help="a training output folder: its newest checkpoint, rebuilt from the config stored in it",
+    )
     source.add_argument("--config", metavar="FILE", help="a detection config (with --weights)")
     source.add_argument("--compare", nargs=2, metavar=("A", "B"), help="print the differences of two report.json files")
     parser.add_argument("--weights", metavar="CKPT", help="the checkpoint to evaluate with --config")
@@ -124,7 +128,9 @@ def evaluate_model(args):
     cfg = loaded.cfg
     register_from_config(cfg.datasets)
     if not args.dataset and not cfg.datasets.test:
-        raise EvaluationError(f"the config of {loaded.checkpoint} names no test set (datasets.test): give --dataset NAME")
+        raise EvaluationError(
+            f"the config of {loaded.checkpoint} names no test set (datasets.test): give --dataset NAME"
+        )
     dataset = args.dataset or cfg.datasets.test[0]
     records, metadata = get_dataset(dataset, root=cfg.datasets.root, policy=BadRecordPolicy.from_config(cfg.datasets))
     if list(loaded.meta["class_names"]) != list(metadata["class_names"]):

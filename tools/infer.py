@@ -30,13 +30,23 @@ def parse_args(argv=None):
         epilog=__doc__.split("\n\n", 1)[1],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--run", metavar="DIR", help="a train_det.py output folder: its newest checkpoint, rebuilt from the config stored in it")
+    parser.add_argument(
+        "--run",
+        metavar="DIR",
+        help="a train_det.py output folder: its newest checkpoint, rebuilt from the config stored in it",
+    )
     parser.add_argument("--config", metavar="FILE", help="a detection config (with --weights)")
-    parser.add_argument("--weights", metavar="CKPT", help="a detection checkpoint (with --config, or to pick one of --run's)")
+    parser.add_argument(
+        "--weights", metavar="CKPT", help="a detection checkpoint (with --config, or to pick one of --run's)"
+    )
     parser.add_argument("--input", required=True, help="an image, a folder of images, or a video file")
     parser.add_argument("--output", required=True, metavar="DIR", help="where the drawn images and detections.json go")
-    parser.add_argument("--score-thresh", type=float, default=0.5, help="keep detections scoring at least this (default 0.5)")
-    parser.add_argument("--max-images", type=int, metavar="N", help="with a folder: only its first N images (sorted by name)")
+    parser.add_argument(
+        "--score-thresh", type=float, default=0.5, help="keep detections scoring at least this (default 0.5)"
+    )
+    parser.add_argument(
+        "--max-images", type=int, metavar="N", help="with a folder: only its first N images (sorted by name)"
+    )
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     add_trust_arg(parser)
     parser.add_argument("opts", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. input.min_size_test=800")
@@ -72,7 +82,9 @@ def main(argv=None):
         results = infer_images(predictor, [source], output, args.score_thresh)
     atomic_write_text(output / "detections.json", json.dumps(results, indent=1) + "\n")
     found = sum(len(r["boxes"]) for r in results)
-    print(f"{found} detections in {len(results)} {'frames' if source.suffix.lower() in VIDEO_SUFFIXES else 'images'}; written to {output}")
+    print(
+        f"{found} detections in {len(results)} {'frames' if source.suffix.lower() in VIDEO_SUFFIXES else 'images'}; written to {output}"
+    )
 
 
 if __name__ == "__main__":

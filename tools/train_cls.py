@@ -43,7 +43,8 @@ RECIPE_OF_DATASET = {
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
+        description=__doc__.split("\n\n")[0],
+        epilog=__doc__.split("\n\n", 1)[1],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
@@ -89,7 +90,9 @@ def main(argv=None):
     if is_main_process() and "val/top1_err" in results:
         logging.getLogger("train_cls").info(
             "done: %s/model_final.pth, val top-1 error %.2f%%, top-5 error %.2f%%",
-            cfg.train.output_dir, results["val/top1_err"], results["val/top5_err"],
+            cfg.train.output_dir,
+            results["val/top1_err"],
+            results["val/top5_err"],
         )
 
 

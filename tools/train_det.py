@@ -20,6 +20,7 @@ from pathlib import Path
 from backbones.serialization import trust_checkpoints
 from resnet_det.cli import add_training_args, log_to_stderr, main_guard, training_overrides
 from resnet_det.config import DetectionConfig, load_config
+
 # Imported before the config loads: it registers the heads and metrics that load_config checks.
 from resnet_det.engine.train_detection import train_detector
 from resnet_det.errors import ConfigError
@@ -30,7 +31,8 @@ RECIPE_FAMILIES = ("coco", "voc", "shapes")
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
+        description=__doc__.split("\n\n")[0],
+        epilog=__doc__.split("\n\n", 1)[1],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--backbone", help="registered model name: r18 r34 r50 r101 r152 (see tools/model_info.py)")
@@ -60,11 +62,17 @@ def build_config(args):
         overrides.append(f"model.head={args.head}")
     if args.dataset and args.dataset not in RECIPE_FAMILIES:
         overrides.append(f"datasets.train=[{args.dataset}]")
-    for split, (ann, images) in {"train": (args.train_json, args.train_images), "val": (args.val_json, args.val_images)}.items():
+    for split, (ann, images) in {
+        "train": (args.train_json, args.train_images),
+        "val": (args.val_json, args.val_images),
+    }.items():
         if bool(ann) != bool(images):
             raise ConfigError(f"--{split}-json and --{split}-images go together: give both, or neither")
         if ann:
-            overrides += [f"datasets.custom.custom_{split}.annotations={ann}", f"datasets.custom.custom_{split}.images={images}"]
+            overrides += [
+                f"datasets.custom.custom_{split}.annotations={ann}",
+                f"datasets.custom.custom_{split}.images={images}",
+            ]
             overrides.append(f"datasets.{'train' if split == 'train' else 'test'}=[custom_{split}]")
     return load_config(DetectionConfig, path, overrides + list(args.opts))
 

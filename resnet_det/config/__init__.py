@@ -76,7 +76,11 @@ def _all_keys(cfg, prefix: str = "") -> Iterable[str]:
         full = f"{prefix}{k}"
         yield full
         v = cfg._get_node(k)
-        if isinstance(v, DictConfig) and not OmegaConf.is_missing(cfg, k) and v._metadata.object_type not in (dict, None):
+        if (
+            isinstance(v, DictConfig)
+            and not OmegaConf.is_missing(cfg, k)
+            and v._metadata.object_type not in (dict, None)
+        ):
             yield from _all_keys(v, full + ".")
 
 
@@ -87,13 +91,15 @@ def _literal_choices(cfg: DictConfig, key: str) -> Optional[list]:
         if not isinstance(node, DictConfig) or part not in node.keys():
             return None
         node = node._get_node(part)
-    return [choice for choice in node.ref_type.__args__ if choice is not None] if isinstance(node, LiteralNode) else None
+    return (
+        [choice for choice in node.ref_type.__args__ if choice is not None] if isinstance(node, LiteralNode) else None
+    )
 
 
 def _refuse_renamed(source: str, key: str) -> None:
     for old, new in RENAMED.items():
         if key == old or key.startswith(f"{old}."):
-            raise ConfigError(f"{source}: key '{key}' was renamed: use {new}{key[len(old):]}")
+            raise ConfigError(f"{source}: key '{key}' was renamed: use {new}{key[len(old) :]}")
 
 
 def _dotted_keys(data: dict, prefix: str = "") -> Iterable[str]:

@@ -184,7 +184,9 @@ class DetTrainConfig(TrainConfig):
 @dataclass
 class TestConfig:
     batch_size: int = 2
-    metric: Optional[str] = None  # a registered metric (resnet_det.evaluation.METRICS): coco | voc07 | voc10; null = by dataset
+    metric: Optional[str] = (
+        None  # a registered metric (resnet_det.evaluation.METRICS): coco | voc07 | voc10; null = by dataset
+    )
     fold_frozen_bn: bool = True  # fast path: fold frozen BN into the convolutions for inference
     compile_backbone: Optional[str] = None  # fast path: a torch.compile backend (e.g. inductor); null = eager
 

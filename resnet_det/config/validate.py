@@ -50,7 +50,10 @@ def validate_config(cfg: DictConfig) -> None:
         if value is not None and value not in registry:
             raise ConfigError(f"{key}={value!r}: {registry.unknown(value)}")
     check_trainer_settings(
-        cfg.solver.max_iter, cfg.train.checkpoint_period, cfg.train.log_period, cfg.train.eval_period,
+        cfg.solver.max_iter,
+        cfg.train.checkpoint_period,
+        cfg.train.log_period,
+        cfg.train.eval_period,
         cfg.solver.nonfinite_loss,
     )
     check_batch_and_lr(cfg.solver)

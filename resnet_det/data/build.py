@@ -112,7 +112,11 @@ class _DetectionImages(Dataset):
                 logger.warning(
                     "%s is %dx%d but annotated as %dx%d; using the real size, boxes clipped to it "
                     "(%d such images in this process so far)",
-                    record["file_name"], image.shape[1], image.shape[0], record["width"], record["height"],
+                    record["file_name"],
+                    image.shape[1],
+                    image.shape[0],
+                    record["width"],
+                    record["height"],
                     len(self._warned_size),
                 )
         return image
@@ -174,8 +178,14 @@ def unreadable_files(datasets: Sequence[_DetectionImages]) -> List[str]:
 
 
 def build_detection_train_loader(
-    cfg, records: List[dict], *, start_iter: int = 0, rank: int = 0, world_size: int = 1,
-    batch_size: Optional[int] = None, filter_empty: bool = True,
+    cfg,
+    records: List[dict],
+    *,
+    start_iter: int = 0,
+    rank: int = 0,
+    world_size: int = 1,
+    batch_size: Optional[int] = None,
+    filter_empty: bool = True,
 ) -> DataLoader:
     """An endless, resumable loader of augmented training batches for this rank.
 

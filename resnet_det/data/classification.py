@@ -42,9 +42,7 @@ class ClassificationDataset(Dataset):
     ``skip_bad``, an unreadable file is replaced in training and left out (None) in testing.
     """
 
-    def __init__(
-        self, images: Union[Sequence[str], np.ndarray], labels: np.ndarray, transform, skip_bad: bool = False
-    ):
+    def __init__(self, images: Union[Sequence[str], np.ndarray], labels: np.ndarray, transform, skip_bad: bool = False):
         self.images = images
         self.labels = labels
         self.transform = transform

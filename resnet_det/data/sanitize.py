@@ -127,7 +127,9 @@ class RecordSanitizer:
         """A box whose category is not among the dataset's categories (``where`` names the file
         and the record): counted, or stop."""
         self._bad(
-            "unknown_category", "skipped", f"{where}: category {category!r} is not a known category",
+            "unknown_category",
+            "skipped",
+            f"{where}: category {category!r} is not a known category",
             "fix the annotation or add the category",
         )
 
@@ -147,7 +149,9 @@ class RecordSanitizer:
             seen[image_id] = file_name
             if not os.path.isfile(file_name):
                 self._bad(
-                    "missing_image", "skipped", f"{source}: image {image_id}: {file_name} does not exist",
+                    "missing_image",
+                    "skipped",
+                    f"{source}: image {image_id}: {file_name} does not exist",
                     "put the image there or remove its record",
                 )
                 continue

@@ -32,6 +32,7 @@ VOC_CLASSES = (
     "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor",
 )  # fmt: skip
 
+
 def voc_image_id(voc_id: str) -> int:
     """The int image id of a VOC file id: ``"000005"`` -> 5, ``"2008_000123"`` -> 2008000123
     (distinct across VOC2007 and VOC2012); any other name gets a stable CRC32."""

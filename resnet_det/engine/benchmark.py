@@ -109,7 +109,9 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_alternating(fns: Dict[str, Callable[[], None]], warmup: int, runs: int, device: torch.device) -> Dict[str, List[float]]:
+def time_alternating(
+    fns: Dict[str, Callable[[], None]], warmup: int, runs: int, device: torch.device
+) -> Dict[str, List[float]]:
     """Seconds per call of each function, called in turn (A B A B ...) after warm-up calls."""
     for _ in range(warmup):
         for fn in fns.values():
@@ -204,7 +206,12 @@ def synthetic_targets(n: int, height: int, width: int, seed: int = 0) -> List[Di
     for _ in range(n):
         xy = torch.rand(8, 2, generator=generator) * torch.tensor([width * 0.7, height * 0.7])
         wh = 16 + torch.rand(8, 2, generator=generator) * torch.tensor([width * 0.3, height * 0.3])
-        targets.append({"boxes": torch.cat([xy, xy + wh], 1), "labels": torch.randint(1, COCO_CLASSES + 1, (8,), generator=generator)})
+        targets.append(
+            {
+                "boxes": torch.cat([xy, xy + wh], 1),
+                "labels": torch.randint(1, COCO_CLASSES + 1, (8,), generator=generator),
+            }
+        )
     return targets
 
 
@@ -239,7 +246,9 @@ def bench_inference(settings: Settings, device: torch.device) -> Dict[str, Figur
 def bench_training(settings: Settings, device: torch.device) -> Dict[str, Figure]:
     """Training iterations per second (forward, backward, SGD step) on ``train_batch`` images."""
     height, width = settings.train_size, int(settings.train_size * 4 / 3)
-    images = [torch.from_numpy(im).permute(2, 0, 1).to(device) for im in synthetic_images(settings.train_batch, height, width)]
+    images = [
+        torch.from_numpy(im).permute(2, 0, 1).to(device) for im in synthetic_images(settings.train_batch, height, width)
+    ]
     targets = [{k: v.to(device) for k, v in t.items()} for t in synthetic_targets(settings.train_batch, height, width)]
     ours = build_detector(detection_config(settings, training=True), COCO_CLASSES).train().to(device)
     stock = stock_model(settings, training=True).train().to(device)
@@ -321,13 +330,25 @@ def bench_coco_eval(settings: Settings, num_images: int = 500, dets_per_image: i
         for _ in range(7):
             x, y, w, h = rng.uniform(0, 400), rng.uniform(0, 300), rng.uniform(8, 200), rng.uniform(8, 150)
             annotations.append(
-                {"id": len(annotations) + 1, "image_id": i, "category_id": int(rng.integers(1, 11)),
-                 "bbox": [x, y, w, h], "area": w * h, "iscrowd": 0}
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": i,
+                    "category_id": int(rng.integers(1, 11)),
+                    "bbox": [x, y, w, h],
+                    "area": w * h,
+                    "iscrowd": 0,
+                }
             )
         for _ in range(dets_per_image):
             x, y, w, h = rng.uniform(0, 400), rng.uniform(0, 300), rng.uniform(8, 200), rng.uniform(8, 150)
-            detections.append({"image_id": i, "category_id": int(rng.integers(1, 11)), "bbox": [x, y, w, h],
-                               "score": float(rng.uniform())})
+            detections.append(
+                {
+                    "image_id": i,
+                    "category_id": int(rng.integers(1, 11)),
+                    "bbox": [x, y, w, h],
+                    "score": float(rng.uniform()),
+                }
+            )
     gt = {"images": images, "annotations": annotations, "categories": [{"id": c, "name": str(c)} for c in range(1, 11)]}
     values = []
     for run in range(settings.runs + 1):
@@ -385,7 +406,9 @@ def run_benchmarks(settings: Settings, only: List[str], log: Callable[[str], Non
             result["ratios"][figures["ours"].name] = ours.median / stock.median
     if "data_loading/ours" in result["figures"] and "train_iteration/ours" in result["figures"]:
         consumed = result["figures"]["train_iteration/ours"]["median"] * settings.train_batch
-        result["ratios"]["data_loading_vs_training_consumption"] = result["figures"]["data_loading/ours"]["median"] / consumed
+        result["ratios"]["data_loading_vs_training_consumption"] = (
+            result["figures"]["data_loading/ours"]["median"] / consumed
+        )
     return result
 
 
@@ -398,6 +421,10 @@ def format_result(result: Dict) -> str:
     if result["ratios"]:
         lines.append("")
         for name, ratio in result["ratios"].items():
-            what = "ours / stock (medians)" if name != "data_loading_vs_training_consumption" else "loader images/s / images/s a training iteration consumes"
+            what = (
+                "ours / stock (medians)"
+                if name != "data_loading_vs_training_consumption"
+                else "loader images/s / images/s a training iteration consumes"
+            )
             lines.append(f"ratio {name:<40}{ratio:>8.2f}x   {what}")
     return "\n".join(lines)

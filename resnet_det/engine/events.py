@@ -62,9 +62,7 @@ class EventWriter:
         self.metrics_path = self.output_dir / METRICS_FILE
         truncate_metrics(self.metrics_path, start_iter)
         self._metrics = open(self.metrics_path, "a", encoding="utf-8")
-        self._tb = SummaryWriter(
-            log_dir=str(self.output_dir / TENSORBOARD_DIR), purge_step=start_iter + 1
-        )
+        self._tb = SummaryWriter(log_dir=str(self.output_dir / TENSORBOARD_DIR), purge_step=start_iter + 1)
         self._bar = tqdm(
             total=max_iter,
             initial=start_iter,

@@ -70,7 +70,9 @@ def infer_video(predictor: Predictor, path: Path, output: Path, score_thresh: fl
                 break
             rgb = bgr[:, :, ::-1].copy()
             det = predictor(rgb)
-            drawn = draw_detections(rgb, det["boxes"], det["labels"], det["scores"], predictor.class_names, score_thresh)
+            drawn = draw_detections(
+                rgb, det["boxes"], det["labels"], det["scores"], predictor.class_names, score_thresh
+            )
             if writer is None:
                 h, w = drawn.shape[:2]
                 writer = cv2.VideoWriter(str(out_path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h))

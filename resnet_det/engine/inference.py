@@ -76,9 +76,7 @@ def detect_on_records(
 ) -> List[Dict]:
     """Detections of ``model`` on ``records`` through the test loader and the inference fast path
     (``cfg.test``), each rank taking its shard. ``model`` itself is left as it was (trainable)."""
-    loader = build_detection_test_loader(
-        cfg, records, rank=comm.get_rank(), world_size=comm.get_world_size()
-    )
+    loader = build_detection_test_loader(cfg, records, rank=comm.get_rank(), world_size=comm.get_world_size())
     fast = prepare_for_inference(
         model,
         fold_bn=cfg.test.fold_frozen_bn,
@@ -90,6 +88,8 @@ def detect_on_records(
     if skipped:
         logger.warning(
             "%d images of %s could not be decoded and have no detections (datasets.corrupt_image=skip): %s",
-            len(skipped), metadata.get("name", "the test set"), ", ".join(skipped[:3]),
+            len(skipped),
+            metadata.get("name", "the test set"),
+            ", ".join(skipped[:3]),
         )
     return detections

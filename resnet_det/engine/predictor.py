@@ -69,7 +69,9 @@ def load_run_checkpoint(run_dir: Path) -> Tuple[Path, Dict]:
             if latest.is_file():
                 raise
     if found is None:
-        raise CheckpointError(f"{run_dir} holds no checkpoint (model_final.pth or last_checkpoint): has training started?")
+        raise CheckpointError(
+            f"{run_dir} holds no checkpoint (model_final.pth or last_checkpoint): has training started?"
+        )
     return found
 
 
@@ -80,7 +82,8 @@ def _stored_config(state: Dict, weights: Path, run: Path, overrides) -> DictConf
     if folder_config.is_file() and folder_config.read_text() != text:
         logger.warning(
             "%s differs from the config stored in %s, which trained these weights: using the stored one",
-            folder_config, weights,
+            folder_config,
+            weights,
         )
     try:
         cfg = OmegaConf.merge(OmegaConf.structured(DetectionConfig), OmegaConf.create(text))
@@ -126,7 +129,9 @@ def load_detector(
     # The detector's own weights replace any backbone initialisation: do not fetch ImageNet ones;
     # the normalisation those weights were trained with comes from the checkpoint.
     fmt = meta.get("input_format") or {}
-    recorded = [f"model.input_format.{k}={json.dumps(fmt[k])}" for k in ("channel_order", "pixel_mean", "pixel_std") if k in fmt]
+    recorded = [
+        f"model.input_format.{k}={json.dumps(fmt[k])}" for k in ("channel_order", "pixel_mean", "pixel_std") if k in fmt
+    ]
     recorded = [*recorded, *overrides, "model.backbone.weights=null"]
     if config is None and state.get("config"):
         cfg = _stored_config(state, weights, Path(run), recorded)
@@ -154,7 +159,9 @@ class Predictor:
         self.class_names: List[str] = list(loaded.meta["class_names"])
         self.device = device
         self.model = prepare_for_inference(
-            loaded.model, fold_bn=self.cfg.test.fold_frozen_bn, channels_last=device.type == "cuda",
+            loaded.model,
+            fold_bn=self.cfg.test.fold_frozen_bn,
+            channels_last=device.type == "cuda",
             compile_backend=self.cfg.test.compile_backbone,
         )
         self.score_thresh = self.cfg.model.roi_heads.score_thresh if score_thresh is None else score_thresh

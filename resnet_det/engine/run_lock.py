@@ -105,8 +105,11 @@ class RunLock:
         self._fd = self._lock_file()
         try:
             self._take_over(read_holder(self.output_dir))
-            record = {"host": socket.gethostname(), "pid": os.getpid(),
-                      "started": datetime.datetime.now().astimezone().isoformat(timespec="seconds")}
+            record = {
+                "host": socket.gethostname(),
+                "pid": os.getpid(),
+                "started": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+            }
             os.ftruncate(self._fd, 0)
             os.pwrite(self._fd, (json.dumps(record) + "\n").encode(), 0)
             os.fsync(self._fd)
@@ -124,7 +127,9 @@ class RunLock:
             try:
                 fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o666)
             except OSError as e:
-                raise ConfigError(f"cannot open {self.path}: {e.strerror}; make the folder writable or choose another --output") from e
+                raise ConfigError(
+                    f"cannot open {self.path}: {e.strerror}; make the folder writable or choose another --output"
+                ) from e
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError as e:
@@ -137,7 +142,9 @@ class RunLock:
                         f"(lock {self.path}): wait for it to finish or stop it, or choose another --output"
                     ) from None
                 if self.force:
-                    logger.warning("%s cannot be locked (%s); going on without the lock (%s)", self.path, e.strerror, FORCE_HINT)
+                    logger.warning(
+                        "%s cannot be locked (%s); going on without the lock (%s)", self.path, e.strerror, FORCE_HINT
+                    )
                     return os.open(self.path, os.O_RDWR | getattr(os, "O_CLOEXEC", 0))
                 raise ConfigError(
                     f"cannot lock {self.path}: {e.strerror} (a filesystem without locks, e.g. NFS mounted nolock); "
@@ -167,7 +174,10 @@ class RunLock:
             self._orphan_deadline = time.monotonic() + ORPHAN_WAIT_S
             logger.warning(
                 "%s died but processes it started still hold %s (data-loader workers exit soon after their "
-                "parent); waiting up to %d s", _describe(record), self.path, ORPHAN_WAIT_S,
+                "parent); waiting up to %d s",
+                _describe(record),
+                self.path,
+                ORPHAN_WAIT_S,
             )
         if time.monotonic() < self._orphan_deadline:
             time.sleep(0.2)

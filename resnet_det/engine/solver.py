@@ -101,8 +101,17 @@ class WarmupDecayLR(LRScheduler):
 
     # What describes the schedule rather than its progress: left out of the checkpoint, so that a
     # resumed run follows the config it is given (as LambdaLR leaves out its function).
-    _SETTINGS = ("steps", "gamma", "warmup_iters", "warmup_factor", "warmup_method", "warmup_until_error",
-                 "policy", "patience", "threshold")
+    _SETTINGS = (
+        "steps",
+        "gamma",
+        "warmup_iters",
+        "warmup_factor",
+        "warmup_method",
+        "warmup_until_error",
+        "policy",
+        "patience",
+        "threshold",
+    )
 
     def __init__(
         self,
@@ -140,8 +149,17 @@ class WarmupDecayLR(LRScheduler):
         if self.warmup_until_error is not None:
             warming = self.warmup_ended_at is None or iteration < self.warmup_ended_at
             return decay * (self.warmup_factor if warming else 1.0)
-        return lr_factor(iteration, steps=(), gamma=1.0, warmup_iters=self.warmup_iters,
-                         warmup_factor=self.warmup_factor, warmup_method=self.warmup_method) * decay
+        return (
+            lr_factor(
+                iteration,
+                steps=(),
+                gamma=1.0,
+                warmup_iters=self.warmup_iters,
+                warmup_factor=self.warmup_factor,
+                warmup_method=self.warmup_method,
+            )
+            * decay
+        )
 
     def get_lr(self):
         return [base * self.factor(self.last_epoch) for base in self.base_lrs]
@@ -163,7 +181,9 @@ class WarmupDecayLR(LRScheduler):
             self.warmup_ended_at = self.last_epoch + 1  # the next iteration trains at the full lr
             logger.info(
                 "iteration %d: training error %.1f%% < %.1f%%: warm-up over, lr back to the base",
-                self.warmup_ended_at, sum(window) / len(window), self.warmup_until_error,
+                self.warmup_ended_at,
+                sum(window) / len(window),
+                self.warmup_until_error,
             )
 
     def observe_val_error(self, top1_err: float) -> None:
@@ -181,7 +201,10 @@ class WarmupDecayLR(LRScheduler):
             self.evals_without_improvement = 0
             logger.info(
                 "validation error %.2f%% has not improved on %.2f%% for %d evaluations: lr divided by %g",
-                top1_err, self.best_val_error, self.patience, 1 / self.gamma,
+                top1_err,
+                self.best_val_error,
+                self.patience,
+                1 / self.gamma,
             )
 
     def state_dict(self):

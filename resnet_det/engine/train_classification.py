@@ -87,7 +87,10 @@ def _build_model(cfg: DictConfig, num_classes: int, data_format: InputFormat) ->
         if model.input_format != data_format:
             logger.warning(
                 "%s expects input %s but the data is normalised as %s: set input.pixel_mean/pixel_std "
-                "to match, or expect a slower start", model_cfg.weights, model.input_format, data_format,
+                "to match, or expect a slower start",
+                model_cfg.weights,
+                model.input_format,
+                data_format,
             )
     return model
 
@@ -161,7 +164,10 @@ def _train_classifier(cfg: DictConfig, run: TrainingRun) -> Dict[str, float]:
         if dist.rank == 0:
             logger.info(
                 "iteration %d: val top-1 error %.2f%%, top-5 error %.2f%% (%d images)",
-                iteration, metrics["top1_err"], metrics["top5_err"], metrics["num_images"],
+                iteration,
+                metrics["top1_err"],
+                metrics["top5_err"],
+                metrics["num_images"],
             )
         scheduler.observe_val_error(metrics["top1_err"])  # the same on every rank: gathered
         return {f"val/{k}": v for k, v in metrics.items() if k != "num_images"}
@@ -182,7 +188,11 @@ def _train_classifier(cfg: DictConfig, run: TrainingRun) -> Dict[str, float]:
     if dist.is_main:
         logger.info(
             "training %s on %d images of %s (%d classes) for %d iterations (%.1f epochs)",
-            cfg.model.name, train_size, cfg.data.dataset, num_classes, max_iter,
+            cfg.model.name,
+            train_size,
+            cfg.data.dataset,
+            num_classes,
+            max_iter,
             max_iter * cfg.solver.batch_size / train_size,
         )
     return trainer.train()

@@ -75,9 +75,7 @@ def evaluate_detector(
     report = {}
     if comm.is_main_process():
         report = evaluate_detections(detections, records, metadata, metric=cfg.test.metric)
-        report.update(
-            {"dataset": dataset_name, "checkpoint": checkpoint, "config_hash": config_hash(cfg)}
-        )
+        report.update({"dataset": dataset_name, "checkpoint": checkpoint, "config_hash": config_hash(cfg)})
         write_report(report, detections, output_dir)
         logger.info("evaluation on %s (%s):\n%s", dataset_name, checkpoint, format_table(report))
     return report
@@ -156,7 +154,12 @@ def _train_detector(cfg: DictConfig, run: TrainingRun) -> Dict:
         scores = {}
         for name in cfg.datasets.test:
             report = evaluate_detector(
-                module, cfg, name, dist.device, output_dir / "eval" / output_name(name), checkpoint=f"iteration {iteration}"
+                module,
+                cfg,
+                name,
+                dist.device,
+                output_dir / "eval" / output_name(name),
+                checkpoint=f"iteration {iteration}",
             )
             scores.update({f"{name}/{k}": v for k, v in report.get("summary", {}).items()})
         return scores

@@ -253,7 +253,8 @@ class Trainer:
                 if removed:
                     logger.warning(
                         "removed %d temporary file(s) of a save that was cut short: %s",
-                        len(removed), ", ".join(p.name for p in removed),
+                        len(removed),
+                        ", ".join(p.name for p in removed),
                     )
         return start
 
@@ -395,7 +396,9 @@ class Trainer:
             stack.enter_context(self._stop_on_signals())
             events = (
                 stack.enter_context(
-                    EventWriter(self.output_dir, max_iter=self.max_iter, start_iter=self.start_iter, progress=self.progress)
+                    EventWriter(
+                        self.output_dir, max_iter=self.max_iter, start_iter=self.start_iter, progress=self.progress
+                    )
                 )
                 if self.dist.is_main
                 else None

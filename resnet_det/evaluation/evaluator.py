@@ -27,7 +27,9 @@ from resnet_det.evaluation.voc import evaluate_voc
 # fn(detections, records, metadata, image_ids) -> the report's parts (summary, per_class, ...).
 MetricFn = Callable[[Sequence[Mapping], Sequence[Mapping], Mapping, Set[int]], Dict]
 METRICS: Registry[MetricFn] = Registry(
-    "metric", EvaluationError, listing="choose one of",
+    "metric",
+    EvaluationError,
+    listing="choose one of",
     hint="register yours with resnet_det.evaluation.METRICS.register(name)",
 )
 register_choices("test.metric", METRICS)

@@ -29,7 +29,11 @@ def detector_to_backbone(source: str, state: Mapping[str, torch.Tensor]) -> Dict
         )
     backbone = {key[len(prefix) :]: value for key, value in state.items() if key.startswith(prefix)}
     backbone.update(
-        {f"layer4.{key[len(DETECTION_RES5) :]}": value for key, value in state.items() if key.startswith(DETECTION_RES5)}
+        {
+            f"layer4.{key[len(DETECTION_RES5) :]}": value
+            for key, value in state.items()
+            if key.startswith(DETECTION_RES5)
+        }
     )
     return backbone
 

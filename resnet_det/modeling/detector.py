@@ -149,7 +149,9 @@ def build_detector(cfg: DictConfig, num_classes: int) -> FasterRCNN:
         rpn_bg_iou_thresh=rpn_cfg.bg_iou_thresh,
         rpn_batch_size_per_image=rpn_cfg.batch_size_per_image,
         rpn_positive_fraction=rpn_cfg.positive_fraction,
-        box_roi_pool=build_box_pooler(roi_cfg.pooler, pooled_strides, roi_cfg.pooler_resolution, roi_cfg.sampling_ratio),
+        box_roi_pool=build_box_pooler(
+            roi_cfg.pooler, pooled_strides, roi_cfg.pooler_resolution, roi_cfg.sampling_ratio
+        ),
         box_head=head.box_head,
         box_predictor=FastRCNNPredictor(head.box_dim, num_classes + 1),
         box_score_thresh=roi_cfg.score_thresh,

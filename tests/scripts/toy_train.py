@@ -59,8 +59,13 @@ def main():
     set_deterministic(SEED + dist.rank)  # DDP copies rank 0's initial weights to the others
     model = make_model()
     solver = SolverConfig(
-        base_lr=0.05, reference_batch_size=BATCH, batch_size=BATCH, max_iter=args.max_iter,
-        steps=[args.max_iter // 2], warmup_iters=4, warmup_factor=0.1,
+        base_lr=0.05,
+        reference_batch_size=BATCH,
+        batch_size=BATCH,
+        max_iter=args.max_iter,
+        steps=[args.max_iter // 2],
+        warmup_iters=4,
+        warmup_factor=0.1,
     )
     optimizer = build_optimizer(model, solver)
 
@@ -83,9 +88,17 @@ def main():
         return {"loss_cls": nn.functional.cross_entropy(logits, y[keep])}, {"rank": float(dist.rank)}
 
     trainer = Trainer(
-        model=model, optimizer=optimizer, scheduler=build_lr_scheduler(optimizer, solver),
-        make_loader=make_loader, step_fn=step_fn, max_iter=args.max_iter, output_dir=args.output,
-        checkpoint_period=CHECKPOINT_PERIOD, log_period=1, dist=dist, progress=False,
+        model=model,
+        optimizer=optimizer,
+        scheduler=build_lr_scheduler(optimizer, solver),
+        make_loader=make_loader,
+        step_fn=step_fn,
+        max_iter=args.max_iter,
+        output_dir=args.output,
+        checkpoint_period=CHECKPOINT_PERIOD,
+        log_period=1,
+        dist=dist,
+        progress=False,
         meta={"kind": "classification", "arch": "toy"},
     )
     try:
