@@ -24,7 +24,7 @@ lint: venv
 	$(PY) -m mypy
 
 test: venv
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q --durations=20 tests
 
 clean:
 	rm -rf $(VENV) build *.egg-info
