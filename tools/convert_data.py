@@ -55,7 +55,9 @@ def main(argv=None):
     records, metadata = get_dataset(name)
     print(f"read {len(records)} images, {sum(len(r['annotations']) for r in records)} boxes, "
           f"{len(metadata['class_names'])} classes; {metadata['sanitize_counts'].summary()}")  # fmt: skip
-    notes = convert_records(records, metadata["class_names"], args.target, args.output, args.output_split or args.split or "train")
+    notes = convert_records(
+        records, metadata["class_names"], args.target, args.output, args.output_split or args.split or "train"
+    )
     for note, count in sorted(notes.items()):
         print(f"note: {count} {note}")
     print(f"wrote {args.target} into {args.output}")

@@ -60,7 +60,9 @@ def write_coco(records: Sequence[dict], class_names: Sequence[str], out: Path, s
     names = _place_images(records, out / "images")
     images, annotations = [], []
     for record, name in zip(records, names):
-        images.append({"id": record["image_id"], "file_name": name, "width": record["width"], "height": record["height"]})
+        images.append(
+            {"id": record["image_id"], "file_name": name, "width": record["width"], "height": record["height"]}
+        )
         for ann in record["annotations"]:
             x0, y0, x1, y1 = ann["bbox"]
             item = {
@@ -141,7 +143,9 @@ WRITERS: Dict[str, Callable[[Sequence[dict], Sequence[str], Path, str], Counter]
 }
 
 
-def convert_records(records: Sequence[dict], class_names: Sequence[str], fmt: str, out: os.PathLike, split: str) -> Counter:
+def convert_records(
+    records: Sequence[dict], class_names: Sequence[str], fmt: str, out: os.PathLike, split: str
+) -> Counter:
     """Write ``records`` in format ``fmt`` into the new or empty folder ``out``; returns what the
     target format could not hold (``{note: count}``)."""
     out = Path(out)
