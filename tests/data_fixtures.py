@@ -123,7 +123,10 @@ def classification_cfg(*overrides: str):
 
 # Three images in an own VOC-style folder: own classes, a png, a difficult box, a 1-image split.
 OWN_VOC = {
-    "img_a": {"size": (60, 40), "objects": [{"name": "bolt", "box": (11, 6, 30, 20)}, {"name": "nut", "box": (1, 1, 60, 40)}]},
+    "img_a": {
+        "size": (60, 40),
+        "objects": [{"name": "bolt", "box": (11, 6, 30, 20)}, {"name": "nut", "box": (1, 1, 60, 40)}],
+    },
     "img_b": {"size": (40, 60), "objects": [{"name": "nut", "box": (6, 11, 35, 50), "difficult": 1}]},
     "img_c": {"size": (50, 50), "objects": []},
 }

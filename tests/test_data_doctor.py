@@ -12,10 +12,16 @@ from data_fixtures import detection_cfg, make_coco, make_yolo, write_image
 
 from resnet_det.data.catalog import DATASETS, register_from_config
 from resnet_det.data.doctor import best_anchor_iou, diagnose
+from resnet_det.utils.visualization import class_color
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Small anchors and training sizes, so that a 32-pixel image is trained at its own size.
-SMALL = ["input.min_size_train=[32]", "input.max_size_train=64", "model.anchors.sizes=[[8,16,32]]", "model.anchors.aspect_ratios=[1.0]"]
+SMALL = [
+    "input.min_size_train=[32]",
+    "input.max_size_train=64",
+    "model.anchors.sizes=[[8,16,32]]",
+    "model.anchors.aspect_ratios=[1.0]",
+]
 
 
 @pytest.fixture(autouse=True)
@@ -63,7 +69,12 @@ def _counts(report):
 
 def test_every_flaw_of_a_broken_coco_set_is_counted(tmp_path):
     json_path, images = broken_coco(tmp_path)
-    cfg = detection_cfg(f"datasets.custom.bad.annotations={json_path}", f"datasets.custom.bad.images={images}", "model.num_classes=6", *SMALL)
+    cfg = detection_cfg(
+        f"datasets.custom.bad.annotations={json_path}",
+        f"datasets.custom.bad.images={images}",
+        "model.num_classes=6",
+        *SMALL,
+    )
     register_from_config(cfg.datasets)
     report, _ = diagnose("bad", cfg, rare=3)
     assert _counts(report) == {
@@ -88,8 +99,12 @@ def test_every_flaw_of_a_broken_coco_set_is_counted(tmp_path):
 
 
 def test_one_based_yolo_ids_are_the_background_off_by_one(tmp_path):
-    data = make_yolo(tmp_path / "y", {"train/a.png": ((32, 32), "1 0.5 0.5 0.5 0.5\n2 0.5 0.5 0.25 0.25\n")}, names=["a", "b"])
-    cfg = detection_cfg(f"datasets.custom.y.format=yolo", f"datasets.custom.y.classes={data}", "datasets.custom.y.split=train", *SMALL)
+    data = make_yolo(
+        tmp_path / "y", {"train/a.png": ((32, 32), "1 0.5 0.5 0.5 0.5\n2 0.5 0.5 0.25 0.25\n")}, names=["a", "b"]
+    )
+    cfg = detection_cfg(
+        "datasets.custom.y.format=yolo", f"datasets.custom.y.classes={data}", "datasets.custom.y.split=train", *SMALL
+    )
     register_from_config(cfg.datasets)
     report, _ = diagnose("y", cfg)
     counts = _counts(report)
@@ -125,7 +140,7 @@ def test_check_data_tool_writes_the_report_and_plots(tmp_path, capsys):
 def test_browse_data_draws_what_the_loader_delivers(tmp_path):
     data = make_yolo(tmp_path / "y")
     folder = tmp_path / "drawn"
-    args = ["y_train", "-n", "3", "--output", str(folder), f"datasets.custom.y_train.format=yolo"]
+    args = ["y_train", "-n", "3", "--output", str(folder), "datasets.custom.y_train.format=yolo"]
     args += [f"datasets.custom.y_train.classes={data}", "datasets.custom.y_train.split=train"]
     args += ["input.min_size_train=[96]", "input.max_size_train=128", "input.hflip_prob=1.0"]
     tool("browse_data").main(args)
@@ -134,3 +149,7 @@ def test_browse_data_draws_what_the_loader_delivers(tmp_path):
     image = cv2.imread(str(folder / files[0]))
     # Only a.png has boxes (training leaves empty images out); at min size 96 it is 128x96.
     assert image.shape[:2] == (96, 128)
+    # Its washer box [0, 0, 16, 24] is [0, 0, 32, 48] resized, [96, 0, 128, 48] flipped: the box's
+    # left edge is drawn at x = 96 in the washer's colour.
+    assert tuple(int(v) for v in image[40, 96][::-1]) == class_color(3)
+    assert tuple(int(v) for v in image[40, 31][::-1]) != class_color(3)

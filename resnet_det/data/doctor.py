@@ -19,8 +19,8 @@ a message saying the fix; the plots are PNG files beside it.
 import hashlib
 import json
 import logging
-import os
 import math
+import os
 import re
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -91,7 +91,15 @@ def normalised_name(name: str) -> str:
 
 def _check(checks: list, name: str, count: int, level: str, message: str, examples: Sequence = ()) -> None:
     if count:
-        checks.append({"name": name, "count": int(count), "level": level, "message": message, "examples": [e for e in examples if e][:_EXAMPLES]})
+        checks.append(
+            {
+                "name": name,
+                "count": int(count),
+                "level": level,
+                "message": message,
+                "examples": [e for e in examples if e][:_EXAMPLES],
+            }
+        )
 
 
 def _read_files(records: Sequence[dict]) -> Tuple[Dict[str, List[str]], List[str], List[str]]:
@@ -110,7 +118,9 @@ def _read_files(records: Sequence[dict]) -> Tuple[Dict[str, List[str]], List[str
                 continue
             size = (image.shape[1], image.shape[0])
         if tuple(size) != (record["width"], record["height"]):
-            mismatched.append(f"{record['file_name']}: {size[0]}x{size[1]}, annotated {record['width']}x{record['height']}")
+            mismatched.append(
+                f"{record['file_name']}: {size[0]}x{size[1]}, annotated {record['width']}x{record['height']}"
+            )
     return {h: files for h, files in by_hash.items() if len(files) > 1}, mismatched, undecodable
 
 
@@ -176,11 +186,15 @@ def diagnose(name: str, cfg, rare: int = 10) -> Tuple[dict, dict]:
     wanted = cfg.model.num_classes
     off_by_one = []
     if class_names and normalised_name(class_names[0]) in BACKGROUND_NAMES:
-        off_by_one.append(f"class 1 is named {class_names[0]!r}: resnet-det adds the background itself; remove it from the list")
+        off_by_one.append(
+            f"class 1 is named {class_names[0]!r}: resnet-det adds the background itself; remove it from the list"
+        )
     if wanted is not None and wanted == num_classes + 1:
         off_by_one.append(f"model.num_classes={wanted} counts the background: set {num_classes} (or null)")
     if metadata.get("format") == "yolo" and sanitizer.unknown.get(num_classes) and not boxes_per_class[1]:
-        off_by_one.append(f"YOLO class id {num_classes} is used and id 0 never: the ids look 1-based; YOLO's start at 0")
+        off_by_one.append(
+            f"YOLO class id {num_classes} is used and id 0 never: the ids look 1-based; YOLO's start at 0"
+        )
     _check(checks, "background_off_by_one", len(off_by_one), "error", "; ".join(off_by_one), off_by_one)
     if wanted is not None and wanted != num_classes:
         _check(checks, "num_classes_mismatch", 1, "error",
@@ -213,7 +227,10 @@ def diagnose(name: str, cfg, rare: int = 10) -> Tuple[dict, dict]:
         "format": metadata.get("format", metadata.get("evaluator")),
         "num_images": len(records),
         "num_objects": int(sum(objects)),
-        "objects_per_image": {"mean": round(float(np.mean(objects)), 3) if objects else 0.0, **(quantiles(objects) or {})},
+        "objects_per_image": {
+            "mean": round(float(np.mean(objects)), 3) if objects else 0.0,
+            **(quantiles(objects) or {}),
+        },
         "num_classes": num_classes,
         "config_num_classes": wanted,
         "classes": classes,
@@ -274,7 +291,9 @@ def plot(report: dict, arrays: dict, folder: Path) -> List[Path]:
     fig = Figure(figsize=(6, max(2.5, 0.25 * len(classes) + 1)))
     ax = fig.add_subplot()
     flagged = {n for c in report["checks"] if c["name"] in ("absent_classes", "rare_classes") for n in c["examples"]}
-    colours = ["tab:red" if c["name"] in flagged or f"{c['name']} ({c['boxes']})" in flagged else "tab:blue" for c in classes]
+    colours = [
+        "tab:red" if c["name"] in flagged or f"{c['name']} ({c['boxes']})" in flagged else "tab:blue" for c in classes
+    ]
     ax.barh([c["name"] for c in classes][::-1], [c["boxes"] for c in classes][::-1], color=colours[::-1])
     ax.set_xlabel("boxes (red: absent or rare)")
     ax.set_title(f"{report['dataset']}: boxes per class")
@@ -293,7 +312,14 @@ def plot(report: dict, arrays: dict, folder: Path) -> List[Path]:
     ax = fig.add_subplot()
     wh, covered, anchors = arrays["boxes_wh"], arrays["covered"], arrays["anchors"]
     ax.scatter(wh[covered, 0], wh[covered, 1], s=6, alpha=0.5, color="tab:blue", label="box an anchor covers")
-    ax.scatter(wh[~covered, 0], wh[~covered, 1], s=8, alpha=0.8, color="tab:red", label=f"box no anchor covers (IoU < {COVER_IOU})")
+    ax.scatter(
+        wh[~covered, 0],
+        wh[~covered, 1],
+        s=8,
+        alpha=0.8,
+        color="tab:red",
+        label=f"box no anchor covers (IoU < {COVER_IOU})",
+    )
     ax.scatter(anchors[:, 0], anchors[:, 1], marker="x", s=60, color="black", label="anchor")
     ax.set_xscale("log")
     ax.set_yscale("log")

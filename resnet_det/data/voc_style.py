@@ -63,7 +63,9 @@ def voc_style_ids(root: Path, split: Optional[str]) -> List[Tuple[str, str]]:
     try:
         lines = ids_file.read_text().splitlines()
     except (OSError, UnicodeDecodeError) as e:
-        raise DatasetError(f"cannot read the split list {ids_file} ({e}); fix 'split' or drop it to read every XML") from None
+        raise DatasetError(
+            f"cannot read the split list {ids_file} ({e}); fix 'split' or drop it to read every XML"
+        ) from None
     return [(line.split()[0], f"{ids_file}: line {n}") for n, line in enumerate(lines, start=1) if line.strip()]
 
 

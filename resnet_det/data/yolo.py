@@ -119,7 +119,9 @@ def _parse_line(line: str, where: str) -> Tuple[float, List[float]]:
     except ValueError:
         raise DatasetError(f"{where}: {line.strip()!r} is not numbers; a YOLO line is 'class cx cy w h'") from None
     if len(values) < 5 or (len(values) > 5 and len(values) % 2 == 0):
-        raise DatasetError(f"{where}: {len(values)} numbers; a YOLO line is 'class cx cy w h' (or class x1 y1 x2 y2 ...)")
+        raise DatasetError(
+            f"{where}: {len(values)} numbers; a YOLO line is 'class cx cy w h' (or class x1 y1 x2 y2 ...)"
+        )
     return values[0], values[1:]
 
 
@@ -150,7 +152,9 @@ def read_labels(path: Path, width: int, height: int, num_classes: int, sanitizer
         if not 0 <= class_id < num_classes:
             sanitizer.unknown_category(where, int(class_id))
             continue
-        annotations.append({"bbox": _box(coords, width, height), "label": int(class_id) + 1, "iscrowd": 0, "difficult": 0})
+        annotations.append(
+            {"bbox": _box(coords, width, height), "label": int(class_id) + 1, "iscrowd": 0, "difficult": 0}
+        )
     return annotations
 
 
