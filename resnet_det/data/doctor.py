@@ -207,7 +207,8 @@ def diagnose(name: str, cfg, rare: int = 10) -> Tuple[dict, dict]:
     wh = []
     for r in records:
         scale = resize_scale(r["height"], r["width"], min_size, int(cfg.input.max_size_train))
-        wh += [((a["bbox"][2] - a["bbox"][0]) * scale, (a["bbox"][3] - a["bbox"][1]) * scale) for a in r["annotations"]]
+        boxes = [a["bbox"] for a in r["annotations"] if not a["iscrowd"]]  # crowd regions are not trained on
+        wh += [((x1 - x0) * scale, (y1 - y0) * scale) for x0, y0, x1, y1 in boxes]
     boxes_wh = np.array(wh, dtype=np.float64).reshape(-1, 2)
     iou = best_anchor_iou(boxes_wh, anchors)
     uncovered = int((iou < COVER_IOU).sum())
@@ -227,6 +228,7 @@ def diagnose(name: str, cfg, rare: int = 10) -> Tuple[dict, dict]:
         "format": metadata.get("format", metadata.get("evaluator")),
         "num_images": len(records),
         "num_objects": int(sum(objects)),
+        "num_crowd_regions": sum(a["iscrowd"] for r in records for a in r["annotations"]),
         "objects_per_image": {
             "mean": round(float(np.mean(objects)), 3) if objects else 0.0,
             **(quantiles(objects) or {}),
@@ -255,7 +257,8 @@ def markdown(report: dict) -> str:
         f"# Data report: {report['dataset']} ({report['format']})",
         "",
         f"- images: {report['num_images']}, objects: {report['num_objects']}, "
-        f"objects per image: mean {report['objects_per_image']['mean']}, max {report['objects_per_image'].get('max', 0)}",
+        f"objects per image: mean {report['objects_per_image']['mean']}, max {report['objects_per_image'].get('max', 0):g}; "
+        f"crowd regions: {report['num_crowd_regions']}",
         f"- classes: {report['num_classes']} (config model.num_classes: {report['config_num_classes']})",
         f"- box size (sqrt of area, px at min_size {a['training_min_size']}): {report['box_size_at_training_scale']}",
         f"- box aspect ratio (h/w): {report['box_aspect_ratio_h_over_w']}",
@@ -326,7 +329,7 @@ def plot(report: dict, arrays: dict, folder: Path) -> List[Path]:
     ax.set_xlabel(f"width (px at min_size {report['anchors']['training_min_size']})")
     ax.set_ylabel("height (px)")
     share = report["anchors"]["share_of_boxes_no_anchor_covers"]
-    ax.set_title(f"box shapes vs anchors: {100 * share:.1f}% uncovered")
+    ax.set_title(f"{report['dataset']}: box shapes vs anchors, {100 * share:.1f}% uncovered")
     ax.legend(loc="upper left", fontsize=8)
     paths.append(save(fig, "box_shapes.png"))
     return paths
