@@ -53,6 +53,10 @@ def test_voc_style_classes_file_and_split(tmp_path):
     records, meta = get_dataset("parts_val")
     assert meta["class_names"] == ["nut", "bolt", "washer"]
     assert _boxes(records) == {"img_a.png": [(2, [10.0, 5.0, 30.0, 20.0]), (1, [0.0, 0.0, 60.0, 40.0])]}
+    # Without a names file a split takes the classes of the whole folder, so every split has the same.
+    (root / "ImageSets" / "Main" / "b.txt").write_text("img_b\n")
+    _register(parts_b={"format": "voc", "root": root, "split": "b"})
+    assert get_dataset("parts_b")[1]["class_names"] == ["bolt", "nut"]
 
 
 def test_voc_style_unknown_class_follows_the_policy(tmp_path):

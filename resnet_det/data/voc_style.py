@@ -4,7 +4,8 @@ The layout is VOC's, minus the year: ``<root>/Annotations/<id>.xml``, the images
 ``<root>/JPEGImages/`` (or another folder) as ``<id>.<jpg|jpeg|png|bmp|...>``, and optional lists
 ``<root>/ImageSets/Main/<split>.txt``; without a split every XML in ``Annotations/`` is read.
 The class list is a names file (one per line, label = line number), or, when none is given, the
-names the XML use, sorted, with a one-line summary logged: so a typo in one file shows as an
+names that every XML of ``Annotations/`` uses (of every split, so that the splits of one folder
+share one list), sorted, with a one-line summary logged: so a typo in one file shows as an
 extra class rather than as silently missing boxes (the data doctor flags names that differ only in
 case or spacing). Boxes, ``difficult`` and ``truncated`` are read by ``voc.read_voc_annotation``,
 exactly as for VOC itself, so the VOC metric applies.
@@ -84,7 +85,8 @@ def load_voc_style(
     if classes is not None:
         class_names: Sequence[str] = read_names_file(classes, "'classes'")
     else:
-        found = Counter(name for path in xml_paths for name in object_names(path))
+        every_xml = [Path(where) for _, where in voc_style_ids(root, None)]  # all splits: the same list for each
+        found = Counter(name for path in every_xml for name in object_names(path))
         class_names = sorted(found)
         if not class_names:
             raise DatasetError(f"{root}: no <object> in any annotation, so no classes; give a names file as 'classes'")
