@@ -119,3 +119,51 @@ def detection_cfg(*overrides: str):
 
 def classification_cfg(*overrides: str):
     return load_config(ClassificationConfig, None, ["dataloader.num_workers=0", *overrides])
+
+
+# Three images in an own VOC-style folder: own classes, a png, a difficult box, a 1-image split.
+OWN_VOC = {
+    "img_a": {
+        "size": (60, 40),
+        "objects": [{"name": "bolt", "box": (11, 6, 30, 20)}, {"name": "nut", "box": (1, 1, 60, 40)}],
+    },
+    "img_b": {"size": (40, 60), "objects": [{"name": "nut", "box": (6, 11, 35, 50), "difficult": 1}]},
+    "img_c": {"size": (50, 50), "objects": []},
+}
+
+
+def make_voc_style(root: Path, images: Optional[Dict[str, dict]] = None, suffix: str = ".png") -> Path:
+    """``root/{Annotations, JPEGImages, ImageSets/Main/val.txt (the first image)}``; images as in ``make_voc``."""
+    images = OWN_VOC if images is None else images
+    (root / "Annotations").mkdir(parents=True, exist_ok=True)
+    (root / "ImageSets" / "Main").mkdir(parents=True, exist_ok=True)
+    for i, (voc_id, spec) in enumerate(images.items()):
+        w, h = spec["size"]
+        (root / "Annotations" / f"{voc_id}.xml").write_text(voc_xml(w, h, spec["objects"]))
+        write_image(root / "JPEGImages" / f"{voc_id}{suffix}", h, w, seed=i)
+    (root / "ImageSets" / "Main" / "val.txt").write_text(f"{next(iter(images))}\n")
+    return root
+
+
+# YOLO labels (class cx cy w h) of two train images (64x48, 32x32) and one val image (40x40).
+YOLO_NAMES = ["bolt", "nut", "washer"]
+YOLO_LABELS = {
+    "train/a.png": ((48, 64), "0 0.5 0.5 0.25 0.5\n2 0.125 0.25 0.25 0.5\n"),
+    "train/b.jpg": ((32, 32), ""),
+    "val/c.png": ((40, 40), "1 0.5 0.5 1.0 1.0\n"),
+}
+
+
+def make_yolo(root: Path, labels: Optional[Dict[str, tuple]] = None, names=YOLO_NAMES) -> Path:
+    """``root/images/<split>/``, ``root/labels/<split>/``, ``root/data.yaml`` (train, val); returns the yaml."""
+    labels = YOLO_LABELS if labels is None else labels
+    for i, (name, ((h, w), text)) in enumerate(labels.items()):
+        write_image(root / "images" / name, h, w, seed=i)
+        if text is not None:
+            label = (root / "labels" / name).with_suffix(".txt")
+            label.parent.mkdir(parents=True, exist_ok=True)
+            label.write_text(text)
+    data = root / "data.yaml"
+    names_yaml = "".join(f"  {i}: {n}\n" for i, n in enumerate(names))
+    data.write_text(f"path: .\ntrain: images/train\nval: images/val\nnames:\n{names_yaml}")
+    return data

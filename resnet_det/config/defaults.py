@@ -92,10 +92,24 @@ class ModelConfig:
 
 @dataclass
 class CustomDatasetConfig:
-    """A user's own data in COCO format: an images folder and an instances json."""
+    """A user's own data set, in one of three formats (README, "Your own data"); which fields each
+    format needs is checked by ``resnet_det.config.validate.check_custom_dataset``.
 
-    images: str = "???"
-    annotations: str = "???"
+    coco: ``images`` (folder) and ``annotations`` (instances json).
+    voc: ``root`` (holds ``Annotations/``, the images in ``JPEGImages/`` unless ``images`` says
+    otherwise, and the ``ImageSets/Main/<split>.txt`` lists); ``split`` null = every XML;
+    ``classes`` a names file, null = the names found in the XML (sorted).
+    yolo: ``classes`` an ultralytics ``data.yaml`` with ``split`` one of its keys (train, val,
+    test), or a names file with ``images`` a folder or a list file; labels are in ``labels/``
+    beside ``images/``.
+    """
+
+    format: Literal["coco", "voc", "yolo"] = "coco"
+    images: Optional[str] = None
+    annotations: Optional[str] = None
+    root: Optional[str] = None
+    split: Optional[str] = None
+    classes: Optional[str] = None
 
 
 @dataclass
@@ -103,7 +117,7 @@ class DatasetsConfig:
     root: Optional[str] = None  # null = $RESNET_DET_DATASETS or ./datasets
     train: List[str] = field(default_factory=lambda: ["shapes_train"])
     test: List[str] = field(default_factory=lambda: ["shapes_val"])
-    # Extra COCO-format datasets registered by name, usable in train/test: no code needed.
+    # Own datasets (COCO json, VOC-style XML, YOLO txt) registered by name, usable in train/test.
     custom: Dict[str, CustomDatasetConfig] = field(default_factory=dict)
     # What to do with each kind of bad record: fix (and count), skip (and count), or stop.
     bad_boxes: BadRecordAction = "skip"  # zero/negative size or non-finite boxes

@@ -61,6 +61,8 @@ def validate_config(cfg: DictConfig) -> None:
     if OmegaConf.get_type(cfg) is DetectionConfig:
         for kind in BAD_RECORD_CHOICES:
             check_bad_record_action(kind, cfg.datasets[kind])
+        for name, entry in cfg.datasets.custom.items():
+            check_custom_dataset(name, entry)
         _check_detection_model(cfg)
 
 
@@ -81,6 +83,39 @@ def _check_detection_model(cfg: DictConfig) -> None:
             raise ConfigError(f"model.input_format.{key}={list(values)} needs 3 values (one per channel, 0..255 scale)")
     if fmt.pixel_std is not None and min(fmt.pixel_std) <= 0:
         raise ConfigError(f"model.input_format.pixel_std={list(fmt.pixel_std)} must be positive (0..255 scale)")
+
+
+# Per format of datasets.custom: the fields it needs, and those it may take (what each one is).
+_CUSTOM_FIELDS = {
+    "coco": ({"images": "the images folder", "annotations": "the instances json"}, {}),
+    "voc": ({"root": "the folder with Annotations/"}, {"images", "split", "classes"}),
+    "yolo": ({"classes": "an ultralytics data.yaml or a names file"}, {"images", "split"}),
+}
+_FIELDS = ("images", "annotations", "root", "split", "classes")
+
+
+def check_custom_dataset(name: str, entry, where: Optional[str] = None) -> None:
+    """``datasets.custom.<name>`` (or another ``where``, e.g. a tool's options) has the fields its
+    ``format`` needs and none it would ignore; ``entry`` maps the fields to values or None."""
+    where = where or f"datasets.custom.{name}"
+    fmt = entry["format"]
+    needed, allowed = _CUSTOM_FIELDS[fmt]
+    for key, what in needed.items():
+        if entry[key] is None:
+            raise ConfigError(f"{where}: format {fmt} needs '{key}' ({what}); set it")
+    for key in _FIELDS:
+        if entry[key] is not None and key not in needed and key not in allowed:
+            raise ConfigError(f"{where}: '{key}' is not used by format {fmt}; remove it (or set the right format)")
+    if fmt == "yolo":
+        data_yaml = str(entry["classes"]).endswith((".yaml", ".yml"))
+        if data_yaml and (entry["split"] is None or entry["images"] is not None):
+            raise ConfigError(
+                f"{where}: with a data.yaml as 'classes', give 'split' (its key: train, val or test) and no 'images'"
+            )
+        if not data_yaml and (entry["images"] is None or entry["split"] is not None):
+            raise ConfigError(
+                f"{where}: with a names file as 'classes', give 'images' (a folder or a list file) and no 'split'"
+            )
 
 
 def check_bad_record_action(kind: str, value: str) -> None:

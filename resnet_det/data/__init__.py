@@ -1,7 +1,9 @@
 """Datasets, decoding, augmentation, samplers and loaders (see docs/architecture.md, "Dataset records").
 
 The registry (``catalog``) knows the built-in datasets: coco_2017_{train,val},
-voc_{2007_trainval,2007_test,2012_trainval,0712_trainval} and shapes_{train,val}.
+voc_{2007_trainval,2007_test,2012_trainval,0712_trainval} and shapes_{train,val}; a user's own are
+COCO json (``coco``), VOC-style XML (``voc_style``) or YOLO txt (``yolo``), converted into each
+other by ``convert`` and checked by the data doctor (``doctor``).
 """
 
 from resnet_det.data.build import build_detection_test_loader, build_detection_train_loader
@@ -13,6 +15,8 @@ from resnet_det.data.catalog import (
     register_coco_instances,
     register_dataset,
     register_from_config,
+    register_voc_style,
+    register_yolo,
 )
 from resnet_det.data.classification import build_classification_loaders
 from resnet_det.data.coco import load_coco_json
@@ -40,4 +44,6 @@ __all__ = [
     "register_coco_instances",
     "register_dataset",
     "register_from_config",
+    "register_voc_style",
+    "register_yolo",
 ]

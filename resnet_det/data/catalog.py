@@ -6,8 +6,9 @@ decided by the data root: an explicit ``root`` (``--data-root`` / ``cfg.datasets
 layouts under the root: ``coco_2017_{train,val}`` (``coco/{train2017,val2017}``,
 ``coco/annotations/instances_*2017.json``), ``voc_2007_{trainval,test}``, ``voc_2012_trainval``,
 ``voc_0712_trainval`` (``VOCdevkit/VOC2007|VOC2012``) and ``shapes_{train,val}`` (generated).
-A user's COCO-format data is registered by ``register_coco_instances``, or from the config's
-``datasets.custom`` by ``register_from_config``.
+A user's own data is registered by ``register_coco_instances``, ``register_voc_style`` or
+``register_yolo`` (one per format, see ``voc_style.py`` and ``yolo.py``), or from the config's
+``datasets.custom`` (``format: coco|voc|yolo``) by ``register_from_config``.
 
 ``get_dataset`` returns ``(records, metadata)`` as the "Dataset records" contract of
 docs/architecture.md says, after the bad-record policies of ``sanitize.py``; what they fixed or
@@ -24,6 +25,8 @@ from resnet_det.data.coco import load_coco_json
 from resnet_det.data.sanitize import BadRecordPolicy, RecordSanitizer
 from resnet_det.data.shapes import DETECTION_IMAGES, ensure_shapes_detection
 from resnet_det.data.voc import VOC_CLASSES, load_voc_split
+from resnet_det.data.voc_style import load_voc_style
+from resnet_det.data.yolo import load_yolo
 from resnet_det.errors import DatasetError
 
 DATASETS_ENV = "RESNET_DET_DATASETS"
@@ -33,7 +36,7 @@ LoaderFn = Callable[[Path, RecordSanitizer], Tuple[List[dict], dict]]
 
 # name -> (loader_fn, metadata given at registration).
 DATASETS: Registry[Tuple[LoaderFn, dict]] = Registry(
-    "dataset", DatasetError, hint="add your own COCO-format data under datasets.custom in the config"
+    "dataset", DatasetError, hint="add your own data (coco, voc or yolo format) under datasets.custom in the config"
 )
 
 
@@ -56,15 +59,19 @@ def list_datasets() -> List[str]:
     return DATASETS.names()
 
 
-def get_dataset(name: str, root: Optional[os.PathLike] = None, policy=None) -> Tuple[List[dict], dict]:
+def get_dataset(
+    name: str, root: Optional[os.PathLike] = None, policy=None, sanitizer: Optional[RecordSanitizer] = None
+) -> Tuple[List[dict], dict]:
     """Read dataset ``name`` under the data root; bad records are handled by ``policy``: a
-    ``BadRecordPolicy``, or ``cfg.datasets`` itself; None = the schema's defaults."""
+    ``BadRecordPolicy``, or ``cfg.datasets`` itself; None = the schema's defaults. A
+    ``sanitizer`` given instead (the data doctor's, which keeps what it saw) overrides ``policy``."""
     loader_fn, registered = DATASETS.get(name)
-    if policy is None:
-        policy = BadRecordPolicy.default()
-    elif not isinstance(policy, BadRecordPolicy):
-        policy = BadRecordPolicy.from_config(policy)
-    sanitizer = RecordSanitizer(policy)
+    if sanitizer is None:
+        if policy is None:
+            policy = BadRecordPolicy.default()
+        elif not isinstance(policy, BadRecordPolicy):
+            policy = BadRecordPolicy.from_config(policy)
+        sanitizer = RecordSanitizer(policy)
     records, found = loader_fn(dataset_root(root), sanitizer)
     metadata = {"name": name, **found, **registered}
     records = sanitizer.clean(records, len(metadata["class_names"]), metadata.get("annotations_file", name))
@@ -97,31 +104,89 @@ def require_path(path: Path, what: str, fix: str, is_dir: bool = False) -> None:
 
 
 def register_coco_instances(name: str, images_dir: os.PathLike, annotations_json: os.PathLike) -> None:
-    """Register a user's COCO-format dataset (paths absolute or relative to the working directory).
-
-    Registering the same name with the same files again is a no-op, so a config can be applied
-    twice in one process (train, then evaluate).
-    """
+    """Register a user's COCO-format dataset (paths absolute or relative to the working directory)."""
     images_dir, annotations_json = Path(images_dir).resolve(), Path(annotations_json).resolve()
     files = {"annotations_file": str(annotations_json), "images_dir": str(images_dir)}
-    if name in DATASETS and all(DATASETS.get(name)[1].get(k) == v for k, v in files.items()):
-        return
 
     def load(root: Path, sanitizer: RecordSanitizer):
-        fix = f"fix datasets.custom.{name}"
-        if not annotations_json.is_file():
-            raise DatasetError(f"annotations of dataset '{name}' not found: {annotations_json}; {fix}.annotations")
-        if not images_dir.is_dir():
-            raise DatasetError(f"images of dataset '{name}' not found: {images_dir}; {fix}.images")
-        return load_coco_json(annotations_json, images_dir, sanitizer)
+        _require(name, "annotations", annotations_json)
+        _require(name, "images", images_dir, is_dir=True)
+        records, metadata = load_coco_json(annotations_json, images_dir, sanitizer)
+        return records, {**metadata, "format": "coco"}
 
+    _register_own(name, load, files)
+
+
+def register_voc_style(
+    name: str,
+    root: os.PathLike,
+    split: Optional[str] = None,
+    classes: Optional[os.PathLike] = None,
+    images: Optional[os.PathLike] = None,
+) -> None:
+    """Register a user's VOC-style folder (``voc_style.py``): own classes from a names file
+    (``classes``) or from the XML; ``split`` names ``ImageSets/Main/<split>.txt``, None = every XML."""
+    files = {"voc_style_root": str(Path(root).resolve()), "split": split, "classes_file": _resolved(classes)}
+    files["images_dir"] = _resolved(images)
+
+    def load(_root: Path, sanitizer: RecordSanitizer):
+        _require(name, "root", Path(files["voc_style_root"]), is_dir=True)
+        if classes is not None:
+            _require(name, "classes", Path(files["classes_file"]))
+        return load_voc_style(files["voc_style_root"], sanitizer, split, files["classes_file"], files["images_dir"])
+
+    _register_own(name, load, files)
+
+
+def register_yolo(
+    name: str, classes: os.PathLike, split: Optional[str] = None, images: Optional[os.PathLike] = None
+) -> None:
+    """Register a user's YOLO txt data set (``yolo.py``): ``classes`` an ultralytics data.yaml with
+    ``split`` one of its keys, or a names file with ``images`` a folder or a list file."""
+    files = {"classes_file": _resolved(classes), "split": split, "images_dir": _resolved(images)}
+
+    def load(_root: Path, sanitizer: RecordSanitizer):
+        _require(name, "classes", Path(files["classes_file"]))
+        if images is not None:
+            _require(name, "images", Path(files["images_dir"]), is_dir=None)
+        return load_yolo(sanitizer, files["classes_file"], split, files["images_dir"])
+
+    _register_own(name, load, files)
+
+
+def _resolved(path: Optional[os.PathLike]) -> Optional[str]:
+    return None if path is None else str(Path(path).resolve())
+
+
+def _require(name: str, key: str, path: Path, is_dir: Optional[bool] = False) -> None:
+    """``datasets.custom.<name>.<key>`` must exist (a folder, a file, or either for None)."""
+    exists = path.exists() if is_dir is None else path.is_dir() if is_dir else path.is_file()
+    if not exists:
+        raise DatasetError(f"{key} of dataset '{name}' not found: {path}; fix datasets.custom.{name}.{key}")
+
+
+def _register_own(name: str, load: LoaderFn, files: dict) -> None:
+    """Registering the same name with the same files again is a no-op, so a config can be applied
+    twice in one process (train, then evaluate)."""
+    if name in DATASETS and all(DATASETS.get(name)[1].get(k) == v for k, v in files.items()):
+        return
     register_dataset(name, load, **files)
 
 
+def register_custom(name: str, entry) -> None:
+    """Register one ``datasets.custom`` entry (a mapping of its fields, checked) by its ``format``."""
+    if entry["format"] == "coco":
+        register_coco_instances(name, entry["images"], entry["annotations"])
+    elif entry["format"] == "voc":
+        register_voc_style(name, entry["root"], entry["split"], entry["classes"], entry["images"])
+    else:
+        register_yolo(name, entry["classes"], entry["split"], entry["images"])
+
+
 def register_from_config(datasets_cfg) -> None:
-    """Register every ``datasets.custom: {name: {images, annotations}}`` entry of a config."""
+    """Register every ``datasets.custom.<name>`` entry of a config."""
     for name, entry in datasets_cfg.custom.items():
-        register_coco_instances(name, entry.images, entry.annotations)
+        register_custom(name, entry)
 
 
 def _coco_2017(split: str) -> LoaderFn:

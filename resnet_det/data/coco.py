@@ -5,7 +5,9 @@ one-line ``DatasetError`` naming the file, the record and the field, never a ``K
 deep inside pycocotools. Category ids (COCO's run 1..90 with gaps) become contiguous labels 1..K
 in category-id order; ``metadata["label_to_category_id"]`` maps them back for the detections
 file. COCO boxes are ``[x, y, w, h]`` and become ``[x0, y0, x1, y1]``. Crowd regions are kept,
-flagged ``iscrowd=1`` (the train loader drops them; COCOeval reads them from the json).
+flagged ``iscrowd=1`` (the train loader drops them; COCOeval reads them from the json). An
+annotation may carry ``"difficult": 1`` (not COCO's, ignored by pycocotools; ``convert.py`` writes
+it so that VOC's flag survives a round trip through COCO).
 A ``file_name`` is relative to the images folder and must stay inside it (no absolute paths, no
 ``..`` out of it); a json larger than ``$RESNET_DET_MAX_JSON_BYTES`` is refused unread.
 """
@@ -86,8 +88,9 @@ def load_coco_json(
         where = f"{path}: annotation {ann['id']}"
         if ann["image_id"] not in image_ids:
             raise DatasetError(f"{where} refers to image_id {ann['image_id']}, not in 'images'; fix or remove it")
-        if ann.get("iscrowd", 0) not in (0, 1):
-            raise DatasetError(f"{where}: 'iscrowd' is {ann['iscrowd']!r}, expected 0 or 1; fix it")
+        for flag in ("iscrowd", "difficult"):
+            if ann.get(flag, 0) not in (0, 1):
+                raise DatasetError(f"{where}: '{flag}' is {ann[flag]!r}, expected 0 or 1; fix it")
 
     coco = COCO()
     coco.dataset = data
@@ -110,7 +113,7 @@ def load_coco_json(
                     "bbox": [x, y, x + w, y + h],
                     "label": label_of[ann["category_id"]],
                     "iscrowd": int(ann.get("iscrowd", 0)),
-                    "difficult": 0,
+                    "difficult": int(ann.get("difficult", 0)),
                 }
             )
         records.append(

@@ -133,6 +133,11 @@ class RecordSanitizer:
             "fix the annotation or add the category",
         )
 
+    def unusable_image(self, kind: str, message: str) -> None:
+        """An image a reader itself needs (YOLO's labels hold no image size) that is missing
+        (``kind="missing_image"``) or undecodable (``"corrupt_image"``): counted, or stop."""
+        self._bad(kind, "skipped", message, "put a readable image there or remove it from the list")
+
     def clean(self, records: List[dict], num_classes: int, source: str) -> List[dict]:
         """The records that survive the policy, boxes clipped where allowed (new dicts);
         ``source`` (the annotation file or the dataset name) starts every message."""

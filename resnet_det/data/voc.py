@@ -81,10 +81,15 @@ def _flag(obj: ET.Element, tag: str, where: str) -> int:
     return int(value)
 
 
-def _read_annotation(
-    voc_root: Path, voc_id: str, label_of: Dict[str, int], sanitizer: RecordSanitizer, where: str
+def object_names(xml_path: Path) -> List[str]:
+    """The class names of the direct ``<object>``s of an annotation file, as written (stripped)."""
+    return [(obj.findtext("name") or "").strip() for obj in _parse(xml_path).findall("object")]
+
+
+def read_voc_annotation(
+    xml_path: Path, image_path: str, voc_id: str, label_of: Dict[str, int], sanitizer: RecordSanitizer
 ) -> dict:
-    xml_path = Path(inside(voc_root / "Annotations", f"{voc_id}.xml", where))
+    """The record of one annotation file whose image is ``image_path``; label = ``label_of[name]``."""
     root = _parse(xml_path)
     size = root.find("size")
     if size is None:
@@ -113,7 +118,7 @@ def _read_annotation(
             }
         )
     return {
-        "file_name": inside(voc_root / "JPEGImages", f"{voc_id}.jpg", where),
+        "file_name": image_path,
         "image_id": voc_image_id(voc_id),
         "voc_id": voc_id,
         "height": int(height),
@@ -134,7 +139,15 @@ def load_voc_split(
         raise DatasetError(f"cannot read the VOC image set {ids_file} ({e}); check the VOCdevkit folder") from None
     label_of = {name: i for i, name in enumerate(class_names, start=1)}
     return [
-        _read_annotation(voc_root, line.split()[0], label_of, sanitizer, f"{ids_file}: line {number}")
+        _read_split_entry(voc_root, line.split()[0], label_of, sanitizer, f"{ids_file}: line {number}")
         for number, line in enumerate(lines, start=1)
         if line.strip()
     ]
+
+
+def _read_split_entry(
+    voc_root: Path, voc_id: str, label_of: Dict[str, int], sanitizer: RecordSanitizer, where: str
+) -> dict:
+    xml_path = Path(inside(voc_root / "Annotations", f"{voc_id}.xml", where))
+    image_path = inside(voc_root / "JPEGImages", f"{voc_id}.jpg", where)
+    return read_voc_annotation(xml_path, image_path, voc_id, label_of, sanitizer)
