@@ -127,7 +127,9 @@ def test_same_detections_as_torchvision_on_coco_photos(tv_model, tv_file, caplog
     assert "kept the rows of 90 of 90 classes" in done and done in caplog.text
     assert ours.backbone_input_format == TORCHVISION_INPUT
 
-    tv = fasterrcnn_resnet50_fpn(weights=None, weights_backbone=None, box_score_thresh=0.0, min_size=SIZE, max_size=10 * SIZE)
+    tv = fasterrcnn_resnet50_fpn(
+        weights=None, weights_backbone=None, box_score_thresh=0.0, min_size=SIZE, max_size=10 * SIZE
+    )
     tv.load_state_dict(tv_model.state_dict())
     tv.eval().double()
     ours.eval().double()
@@ -227,7 +229,9 @@ def test_weights_forms_and_their_errors(tv_file, tmp_path, monkeypatch):
     cfg = load_config(DetectionConfig, RECIPE, tvw.weights_overrides("none"))
     assert cfg.model.weights is None and cfg.model.backbone.weights is None
     c4 = load_config(DetectionConfig, REPO / "configs/coco/faster_rcnn_c4.yaml", tvw.weights_overrides(name))
-    with pytest.raises(ConfigError, match=r"needs model.backbone.name=r50, model.head=fpn.*not model.backbone.name=r101"):
+    with pytest.raises(
+        ConfigError, match=r"needs model.backbone.name=r50, model.head=fpn.*not model.backbone.name=r101"
+    ):
         build_detector(c4, 80)
 
 
@@ -244,7 +248,12 @@ def test_eval_and_infer_load_torchvision_weights_with_coco_classes(tv_model, tv_
     assert torch.equal(loaded.model.state_dict()["roi_heads.box_predictor.cls_score.weight"], theirs[ids])
     other = load_config(DetectionConfig, REPO / "configs/coco/faster_rcnn_fpn.yaml")
     assert other.model.backbone.stride_in_1x1 is None  # null there: the weights' meta sets it
-    assert load_detector(config=REPO / "configs/coco/faster_rcnn_fpn.yaml", weights=tv_file).cfg.model.backbone.stride_in_1x1 is False
+    assert (
+        load_detector(
+            config=REPO / "configs/coco/faster_rcnn_fpn.yaml", weights=tv_file
+        ).cfg.model.backbone.stride_in_1x1
+        is False
+    )
 
 
 @pytest.mark.slow
