@@ -4,6 +4,7 @@ kept by name or re-initialised when fine-tuning, the forms ``--weights`` takes, 
 coco_mini from random weights saved in torchvision's format (which checks the path, not accuracy).
 """
 
+import copy
 import importlib.util
 import json
 import logging
@@ -127,10 +128,8 @@ def test_same_detections_as_torchvision_on_coco_photos(tv_model, tv_file, caplog
     assert "kept the rows of 90 of 90 classes" in done and done in caplog.text
     assert ours.backbone_input_format == TORCHVISION_INPUT
 
-    tv = fasterrcnn_resnet50_fpn(
-        weights=None, weights_backbone=None, box_score_thresh=0.0, min_size=SIZE, max_size=10 * SIZE
-    )
-    tv.load_state_dict(tv_model.state_dict())
+    tv = copy.deepcopy(tv_model)
+    tv.roi_heads.score_thresh = 0.0
     tv.eval().double()
     ours.eval().double()
     # the normalisation constants in float64 too (the transform's buffers were made in float32)

@@ -105,9 +105,10 @@ def _check_fits(meta: Dict, cfg: DictConfig, path: Path) -> None:
         )
     for what, ours in (("arch", cfg.model.backbone.name), ("head", cfg.model.head)):
         if meta.get(what) != ours:
+            fix = f"use {meta['recipe']}" if meta.get("recipe") else "use the run's own config.yaml (or --run)"
             raise CheckpointError(
                 f"{path} was trained with {what}={meta.get(what)} but the config says {ours}: "
-                f"use the run's own config.yaml (or --run), or set model.{'backbone.name' if what == 'arch' else 'head'}={meta.get(what)}"
+                f"{fix}, or set model.{'backbone.name' if what == 'arch' else 'head'}={meta.get(what)}"
             )
 
 

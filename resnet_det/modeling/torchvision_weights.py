@@ -258,6 +258,7 @@ def as_checkpoint(weights: str, class_names: Optional[Sequence[str]] = None) -> 
         "label_to_category_id": {ours[i]: theirs[i] for i in range(1, len(rows))},
         "input_format": TORCHVISION_INPUT.to_dict(),
         "backbone_options": dict(BACKBONE_OPTIONS),
+        "recipe": RECIPE,
         "source": read.source,
     }
     return {"model": state, "meta": meta}
