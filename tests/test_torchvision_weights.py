@@ -90,7 +90,9 @@ def test_keys_map_both_ways(tv_model):
     assert len(theirs) == 348
     ours = build_detector(recipe(), len(tvw.COCO_CATEGORIES))
     for state in (theirs, legacy_names(theirs)):
-        ours.load_state_dict(tvw.from_torchvision(state), strict=True)
+        converted = tvw.from_torchvision(state)
+        assert set(converted) == set(ours.state_dict())  # in our names (load_state_dict would also rename 0.5's)
+        ours.load_state_dict(converted, strict=True)
     back = tvw.to_torchvision(ours.state_dict())
     assert set(back) == set(theirs)
     weights = [key for key in theirs if not key.endswith("num_batches_tracked")]  # counters: bookkeeping
