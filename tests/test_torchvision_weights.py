@@ -99,6 +99,47 @@ def test_keys_map_both_ways(tv_model):
     assert len(weights) == 295 and all(torch.equal(back[key], theirs[key]) for key in weights)
 
 
+def test_the_recipe_is_torchvisions_model():
+    """configs/coco/faster_rcnn_fpn_torchvision.yaml sets what torchvision's builder sets."""
+    tv = fasterrcnn_resnet50_fpn(weights=None, weights_backbone=None)
+    cfg = load_config(DetectionConfig, RECIPE)
+    model, rpn, roi = cfg.model, tv.rpn, tv.roi_heads
+    assert model.head == "fpn" and model.backbone.name == "r50" and model.backbone.freeze_at == 2
+    anchors = tv.rpn.anchor_generator
+    assert [tuple(s) for s in model.anchors.sizes] == list(anchors.sizes)
+    assert tuple(model.anchors.aspect_ratios) == anchors.aspect_ratios[0]
+    assert (model.rpn.pre_nms_topk_train, model.rpn.pre_nms_topk_test) == (
+        rpn._pre_nms_top_n["training"],
+        rpn._pre_nms_top_n["testing"],
+    )
+    assert (model.rpn.post_nms_topk_train, model.rpn.post_nms_topk_test) == (
+        rpn._post_nms_top_n["training"],
+        rpn._post_nms_top_n["testing"],
+    )
+    assert (model.rpn.nms_thresh, model.rpn.batch_size_per_image) == (
+        rpn.nms_thresh,
+        rpn.fg_bg_sampler.batch_size_per_image,
+    )
+    assert (model.rpn.fg_iou_thresh, model.rpn.bg_iou_thresh) == (
+        rpn.proposal_matcher.high_threshold,
+        rpn.proposal_matcher.low_threshold,
+    )
+    r = model.roi_heads
+    assert (r.pooler_resolution, r.sampling_ratio) == (roi.box_roi_pool.output_size[0], roi.box_roi_pool.sampling_ratio)
+    assert (r.score_thresh, r.nms_thresh, r.detections_per_image) == (
+        roi.score_thresh,
+        roi.nms_thresh,
+        roi.detections_per_img,
+    )
+    assert (r.batch_size_per_image, r.positive_fraction) == (
+        roi.fg_bg_sampler.batch_size_per_image,
+        roi.fg_bg_sampler.positive_fraction,
+    )
+    assert (r.fg_iou_thresh, r.fc_dim) == (roi.proposal_matcher.high_threshold, tv.roi_heads.box_head.fc7.out_features)
+    assert (cfg.input.min_size_test, cfg.input.max_size_test) == (tv.transform.min_size[0], tv.transform.max_size)
+    assert cfg.input.size_divisibility == tv.transform.size_divisible
+
+
 def _photos(required: bool = True):
     """The photos at their final size, uint8; without ../shared: skip, or (``required=False``) noise."""
     if not SHARED_DATA.is_dir():
