@@ -216,7 +216,13 @@ def _read_imagenet(arch: Optional[str]) -> Weights:
             f"no ImageNet weights for '{arch}': torchvision publishes them for "
             f"{', '.join(IMAGENET_WEIGHTS)}; pass a weights file instead"
         )
-    url = IMAGENET_WEIGHTS[arch].url
+    state, file = hub_state_dict(IMAGENET_WEIGHTS[arch].url)
+    return Weights(str(file), state, TORCHVISION_INPUT, _torchvision_options(state))
+
+
+def hub_state_dict(url: str) -> tuple[dict, Path]:
+    """The state dict published at ``url``, through the torch.hub cache, and the cached file;
+    offline, the error names the file and the folder to put it in."""
     folder = Path(torch.hub.get_dir()) / "checkpoints"
     file = folder / os.path.basename(url)
     try:
@@ -231,7 +237,7 @@ def _read_imagenet(arch: Optional[str]) -> Weights:
         ) from None
     except (RuntimeError, EOFError, ValueError, pickle.UnpicklingError):
         raise BackboneError(f"{file} cannot be read (damaged?): delete it and download {url} again") from None
-    return Weights(str(file), state, TORCHVISION_INPUT, _torchvision_options(state))
+    return state, file
 
 
 def _read_file(path: Path) -> Weights:

@@ -94,7 +94,8 @@ def add_training_args(parser) -> None:
     )
     parser.add_argument(
         "--weights",
-        help="starting weights: imagenet | a .pth state dict | an MSRA .pkl | a train_cls.py checkpoint | none",
+        help="starting weights: imagenet | a .pth state dict | an MSRA .pkl | a train_cls.py checkpoint | none; "
+        "train_det.py also takes a torchvision detector's: torchvision:fasterrcnn_resnet50_fpn_coco or its .pth",
     )
     parser.add_argument(
         "--data-root", metavar="DIR", help="datasets folder (default: $RESNET_DET_DATASETS or ./datasets)"

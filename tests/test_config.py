@@ -151,6 +151,20 @@ RECIPE_VALUES = {
         "solver.warmup_iters": 1000,
         "input.min_size_train": [800],
     },
+    # torchvision's fasterrcnn_resnet50_fpn from its COCO weights (tests/test_torchvision_weights.py
+    # compares these with torchvision's own model).
+    "coco/faster_rcnn_fpn_torchvision.yaml": {
+        **_FPN,
+        "model.weights": "torchvision:fasterrcnn_resnet50_fpn_coco",
+        "model.backbone.name": "r50",
+        "model.backbone.weights": None,
+        "model.backbone.stride_in_1x1": False,
+        "model.rpn.post_nms_topk_train": 2000,
+        "model.rpn.post_nms_topk_test": 1000,
+        "model.roi_heads.sampling_ratio": 2,
+        "input.min_size_test": 800,
+        "input.max_size_test": 1333,
+    },
     "voc/faster_rcnn_c4.yaml": {**_C4_DETECTRON2, **_VOC_PAPER_SCHEDULE},
     "voc/faster_rcnn_c4_paper.yaml": {**_C4_PAPER, **_VOC_PAPER_SCHEDULE},
     "voc/faster_rcnn_fpn.yaml": {

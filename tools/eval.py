@@ -55,7 +55,12 @@ def parse_args(argv=None):
     )
     source.add_argument("--config", metavar="FILE", help="a detection config (with --weights)")
     source.add_argument("--compare", nargs=2, metavar=("A", "B"), help="print the differences of two report.json files")
-    parser.add_argument("--weights", metavar="CKPT", help="the checkpoint to evaluate with --config")
+    parser.add_argument(
+        "--weights",
+        metavar="CKPT",
+        help="the checkpoint to evaluate with --config; or torchvision's detector: "
+        "torchvision:fasterrcnn_resnet50_fpn_coco or its .pth state dict",
+    )
     parser.add_argument("--gt", metavar="FILE", help="COCO instances file that --results is scored against")
     parser.add_argument("--dataset", metavar="NAME", help="registered split (default: the config's first test set)")
     parser.add_argument(

@@ -37,7 +37,10 @@ def parse_args(argv=None):
     )
     parser.add_argument("--config", metavar="FILE", help="a detection config (with --weights)")
     parser.add_argument(
-        "--weights", metavar="CKPT", help="a detection checkpoint (with --config, or to pick one of --run's)"
+        "--weights",
+        metavar="CKPT",
+        help="a detection checkpoint (with --config, or to pick one of --run's); or torchvision's detector: "
+        "torchvision:fasterrcnn_resnet50_fpn_coco or its .pth state dict",
     )
     parser.add_argument("--input", required=True, help="an image, a folder of images, or a video file")
     parser.add_argument("--output", required=True, metavar="DIR", help="where the drawn images and detections.json go")

@@ -7,6 +7,8 @@ Examples:
   python tools/train_det.py --train-json a.json --train-images imgs/ --val-json b.json --val-images imgs/
   torchrun --nproc_per_node=8 tools/train_det.py --dataset coco --head fpn
   python tools/train_det.py --output output/run --resume       # continue a stopped run
+  python tools/train_det.py --config configs/coco/faster_rcnn_fpn_torchvision.yaml --weights tv_detector.pth \
+      --train-json a.json --train-images imgs/  # from torchvision's COCO detector (or torchvision:NAME)
 
 --dataset coco|voc|shapes picks the recipe configs/<dataset>/faster_rcnn_<head>.yaml; any other
 name (e.g. voc_2012_trainval, or one of datasets.custom) is used as the training set of the
@@ -24,6 +26,7 @@ from resnet_det.config import DetectionConfig, load_config
 # Imported before the config loads: it registers the heads and metrics that load_config checks.
 from resnet_det.engine.train_detection import train_detector
 from resnet_det.errors import ConfigError
+from resnet_det.modeling.torchvision_weights import weights_overrides
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 RECIPE_FAMILIES = ("coco", "voc", "shapes")
@@ -56,6 +59,8 @@ def build_config(args):
     family = args.dataset if args.dataset in RECIPE_FAMILIES else "shapes"
     path = args.config or CONFIGS / family / f"faster_rcnn_{head}.yaml"
     overrides = training_overrides(args, "model.backbone.weights", "datasets.root")
+    if args.weights:
+        overrides += weights_overrides(args.weights)
     if args.backbone:
         overrides.append(f"model.backbone.name={args.backbone}")
     if args.head:

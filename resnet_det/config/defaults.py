@@ -88,6 +88,10 @@ class ModelConfig:
     roi_heads: RoIHeadsConfig = field(default_factory=RoIHeadsConfig)
     fpn_channels: int = 256
     num_classes: Optional[int] = None  # null = from the training dataset (without background)
+    # A whole detector's starting weights, trained elsewhere: torchvision:fasterrcnn_resnet50_fpn_coco
+    # (through the torch.hub cache) or a .pth of a torchvision Faster R-CNN state dict; the model
+    # must be the one they fit (configs/coco/faster_rcnn_fpn_torchvision.yaml). null = none.
+    weights: Optional[str] = None
 
 
 @dataclass

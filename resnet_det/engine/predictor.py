@@ -28,6 +28,7 @@ from resnet_det.data.transforms import resize_shortest_edge
 from resnet_det.engine.checkpoint import FINAL_CHECKPOINT, Checkpointer
 from resnet_det.errors import CheckpointError, ConfigError
 from resnet_det.modeling import build_detector, prepare_for_inference
+from resnet_det.modeling.torchvision_weights import as_checkpoint, names_detector_weights
 
 logger = logging.getLogger(__name__)
 
@@ -104,9 +105,10 @@ def _check_fits(meta: Dict, cfg: DictConfig, path: Path) -> None:
         )
     for what, ours in (("arch", cfg.model.backbone.name), ("head", cfg.model.head)):
         if meta.get(what) != ours:
+            fix = f"use {meta['recipe']}" if meta.get("recipe") else "use the run's own config.yaml (or --run)"
             raise CheckpointError(
                 f"{path} was trained with {what}={meta.get(what)} but the config says {ours}: "
-                f"use the run's own config.yaml (or --run), or set model.{'backbone.name' if what == 'arch' else 'head'}={meta.get(what)}"
+                f"{fix}, or set model.{'backbone.name' if what == 'arch' else 'head'}={meta.get(what)}"
             )
 
 
@@ -117,11 +119,17 @@ def load_detector(
     overrides=(),
     device: torch.device = torch.device("cpu"),
 ) -> LoadedDetector:
-    """The detector of a run (``run``) or of ``config`` + ``weights``, in eval mode on ``device``."""
+    """The detector of a run (``run``) or of ``config`` + ``weights``, in eval mode on ``device``.
+
+    ``weights`` may also be a torchvision detector's (``torchvision_weights``): COCO's 80 classes.
+    """
     if run is None and (config is None or weights is None):
         raise ConfigError("give --run DIR, or both --config FILE and --weights CHECKPOINT")
     if run is not None and weights is None:
         weights, state = load_run_checkpoint(Path(run))
+    elif names_detector_weights(str(weights)):
+        state = as_checkpoint(str(weights))
+        weights = Path(state["meta"]["source"])
     else:
         weights = Path(weights)
         state = Checkpointer(weights.parent, is_main=False).load(weights)
@@ -132,7 +140,8 @@ def load_detector(
     recorded = [
         f"model.input_format.{k}={json.dumps(fmt[k])}" for k in ("channel_order", "pixel_mean", "pixel_std") if k in fmt
     ]
-    recorded = [*recorded, *overrides, "model.backbone.weights=null"]
+    recorded += [f"model.backbone.{k}={json.dumps(v)}" for k, v in (meta.get("backbone_options") or {}).items()]
+    recorded = [*recorded, *overrides, "model.backbone.weights=null", "model.weights=null"]
     if config is None and state.get("config"):
         cfg = _stored_config(state, weights, Path(run), recorded)
         config = f"the config stored in {weights}"

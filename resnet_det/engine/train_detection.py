@@ -28,6 +28,7 @@ from resnet_det.errors import ConfigError, DatasetError
 from resnet_det.evaluation.evaluator import evaluate_detections
 from resnet_det.evaluation.report import format_table, write_report
 from resnet_det.modeling import build_detector, compile_backbone
+from resnet_det.modeling.torchvision_weights import load_detector_weights, read_detector_weights
 from resnet_det.utils import comm
 from resnet_det.utils.file_io import atomic_write_text
 from resnet_det.utils.safe_paths import output_name
@@ -123,7 +124,10 @@ def _train_detector(cfg: DictConfig, run: TrainingRun) -> Dict:
             f"model.num_classes={num_classes} but {cfg.datasets.train[0]} has {len(metadata['class_names'])} "
             "classes: drop model.num_classes to take it from the data"
         )
-    model = build_detector(cfg, num_classes).to(dist.device)
+    model = build_detector(cfg, num_classes)
+    if cfg.model.weights:
+        load_detector_weights(model, read_detector_weights(cfg.model.weights), metadata["class_names"])
+    model.to(dist.device)
     if cfg.train.compile_backbone:
         compile_backbone(model, cfg.train.compile_backbone)
     meta = detection_meta(cfg, model, metadata)

@@ -27,6 +27,7 @@ from backbones import build_backbone
 from resnet_det.errors import ConfigError
 from resnet_det.modeling import backbone_weights, c4_head, fpn  # noqa: F401  (register the kinds and heads)
 from resnet_det.modeling.heads import HEADS
+from resnet_det.modeling.torchvision_weights import check_model_config
 from resnet_det.modeling.transform import DetectionTransform, resolve_input_format
 
 
@@ -104,6 +105,8 @@ def build_detector(cfg: DictConfig, num_classes: int) -> FasterRCNN:
     if num_classes < 1:
         raise ConfigError(f"num_classes={num_classes}: a detector needs at least one object class (model.num_classes)")
     model_cfg = cfg.model
+    if model_cfg.weights:
+        check_model_config(model_cfg, model_cfg.weights)
     backbone_cfg = model_cfg.backbone
     make_backbone = partial(
         build_backbone,
