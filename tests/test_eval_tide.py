@@ -20,7 +20,9 @@ def ground_truth(*objects, crowd=()):
         for i, (im, c, b) in enumerate([*objects, *crowd], 1)
     ]
     images = [{"id": i, "width": 100, "height": 100} for i in range(1, 5)]
-    return _quiet_coco({"images": images, "annotations": anns, "categories": [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}]})
+    return _quiet_coco(
+        {"images": images, "annotations": anns, "categories": [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}]}
+    )
 
 
 def det(image_id, category_id, bbox, score):
@@ -74,7 +76,9 @@ def test_duplicate_error_scored_above_a_hit():
     only(r, "dupe")
     # precision 1 up to recall 0.5 (51 of the 101 recall points), 2/3 after it.
     assert r["AP50"] == pytest.approx((51 + 50 * 2 / 3) / 101)
-    assert r["dAP"]["dupe"] == pytest.approx(1 - r["AP50"]) and r["special_dAP"]["FP"] == pytest.approx(r["dAP"]["dupe"])
+    assert r["dAP"]["dupe"] == pytest.approx(1 - r["AP50"]) and r["special_dAP"]["FP"] == pytest.approx(
+        r["dAP"]["dupe"]
+    )
 
 
 def test_background_error():

@@ -49,8 +49,12 @@ def box_iou(a: np.ndarray, b: np.ndarray, crowd: bool = False) -> np.ndarray:
     """IoU of each ``[x, y, w, h]`` of ``a`` with each of ``b`` (``len(a) x len(b)``); with
     ``crowd``, intersection over the area of ``a``, as pycocotools measures a crowd region."""
     a, b = np.asarray(a, dtype=np.float64).reshape(-1, 4), np.asarray(b, dtype=np.float64).reshape(-1, 4)
-    iw = np.minimum(a[:, None, 0] + a[:, None, 2], b[None, :, 0] + b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0])
-    ih = np.minimum(a[:, None, 1] + a[:, None, 3], b[None, :, 1] + b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1])
+    iw = np.minimum(a[:, None, 0] + a[:, None, 2], b[None, :, 0] + b[None, :, 2]) - np.maximum(
+        a[:, None, 0], b[None, :, 0]
+    )
+    ih = np.minimum(a[:, None, 1] + a[:, None, 3], b[None, :, 1] + b[None, :, 3]) - np.maximum(
+        a[:, None, 1], b[None, :, 1]
+    )
     inter = np.clip(iw, 0, None) * np.clip(ih, 0, None)
     area_a = (a[:, 2] * a[:, 3])[:, None]
     union = area_a if crowd else area_a + (b[:, 2] * b[:, 3])[None, :] - inter

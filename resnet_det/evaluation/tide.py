@@ -126,7 +126,9 @@ def tide_errors(
             false_negatives[int(m.gt_classes[g])] += 1
             if not usable[g]:
                 errors.append(
-                    _Error("miss", m.image_id, gt=[float(v) for v in m.gt_boxes[g]], target=(int(m.gt_classes[g]), None))
+                    _Error(
+                        "miss", m.image_id, gt=[float(v) for v in m.gt_boxes[g]], target=(int(m.gt_classes[g]), None)
+                    )
                 )
 
     classes = sorted(num_gt)
