@@ -64,10 +64,12 @@ def test_classification_error_moves_to_the_right_class():
 def test_only_the_best_of_two_classification_errors_on_one_object_is_fixed():
     gt = ground_truth((1, 1, BOX), (2, 1, BOX), (3, 2, BOX))
     dets = [det(1, 2, BOX, 0.95), det(1, 2, [0.5, 0, 10, 10], 0.6), det(2, 1, BOX, 0.7), det(3, 2, BOX, 0.9)]
-    r = tide_errors(gt, dets)
-    only(r, "cls", 2)
-    # fixed: class a gets one more hit (0.95) and b loses both: AP 1 for both classes.
-    assert r["dAP"]["cls"] == pytest.approx(1.0 - r["AP50"])
+    r = tide_errors(gt, [*dets, det(4, 1, BOX, 0.8)])  # and a background box of class a
+    assert r["counts"] == {**dict.fromkeys(ERROR_TYPES, 0), "cls": 2, "bkg": 1}
+    # before: a = [FP .8, TP .7] of 2 objects, b = [FP .95, TP .9, FP .6] of 1.
+    assert r["AP50"] == pytest.approx((51 * 0.5 / 101 + 0.5) / 2)
+    # fixed: a gets the 0.95 one as a hit, [TP .95, FP .8, TP .7]; b keeps only its hit.
+    assert r["AP50"] + r["dAP"]["cls"] == pytest.approx(((51 + 50 * 2 / 3) / 101 + 1.0) / 2)
 
 
 def test_duplicate_error_scored_above_a_hit():
