@@ -46,6 +46,7 @@ def test_the_score_for_a_target_precision_takes_the_most_recall():
     assert at_90["score"] == pytest.approx(0.9) and at_90["recall"] == pytest.approx(0.25)
     at_70 = threshold_analysis(gt, dets, target_precision=0.7)["overall"]["at_precision"]
     assert at_70["score"] == pytest.approx(0.6) and at_70["precision"] == pytest.approx(0.75)
+    assert threshold_analysis(gt, dets, target_precision=0.75)["overall"]["at_precision"]["score"] == 0.6  # reached
     assert threshold_analysis(gt, dets[1:2], target_precision=0.5)["overall"]["at_precision"] is None
 
 
