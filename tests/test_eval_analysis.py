@@ -89,7 +89,15 @@ def test_every_report_holds_both_voc_metrics_and_the_analysis(tmp_path):
     )
     assert voc07 != voc10 and report["voc"]["voc07"]["AP"]["bird"] is None
     assert {"tide", "thresholds", "confusion", "images"} <= report.keys()
-    assert report["images"] == [{"image_id": 2, "fp": 0, "fn": 1, "tp": 0}]
+    (image,) = report["images"]  # the one with an error: its aeroplane missed
+    assert {k: image[k] for k in ("image_id", "fp", "fn", "tp", "file_name")} == {
+        "image_id": 2,
+        "fp": 0,
+        "fn": 1,
+        "tp": 0,
+        "file_name": "/voc/2.jpg",
+    }
+    assert image["boxes"] == [{"bbox": [5.0, 5.0, 35.0, 35.0], "category_id": 1, "score": None, "outcome": "missed"}]
     # and from a bare COCO file, where VOC's rules still apply at IoU 0.5
     gt = _quiet_coco({"images": [{"id": 1}], "categories": [{"id": 5, "name": "x"}], "annotations": [
         {"id": 1, "image_id": 1, "category_id": 5, "bbox": [0, 0, 10, 10], "area": 100, "iscrowd": 0}]})  # fmt: skip

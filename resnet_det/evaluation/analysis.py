@@ -18,12 +18,13 @@ import numpy as np
 from pycocotools.coco import COCO
 
 from resnet_det.evaluation.confusion import confusion_matrix
-from resnet_det.evaluation.matching import FP, TP, ImageMatch, match_images
+from resnet_det.evaluation.matching import FP, IGNORED, TP, ImageMatch, match_images
 from resnet_det.evaluation.thresholds import threshold_analysis
 from resnet_det.evaluation.tide import tide_errors
 from resnet_det.evaluation.voc import evaluate_voc
 
 IOU = 0.5
+GALLERY_SIZE = 12  # images drawn in report.html, those with the most errors
 
 
 def records_from_coco(coco_gt: COCO) -> List[Dict]:
@@ -64,18 +65,36 @@ def voc_metrics(
     return out
 
 
-def image_errors(matches: Sequence[ImageMatch], score_thresh: float) -> List[Dict]:
+def image_errors(matches: Sequence[ImageMatch], score_thresh: float, file_names: Mapping[int, str]) -> List[Dict]:
     """Per image with any: false positives and missed objects among the detections >= ``score_thresh``,
-    most errors first."""
+    most errors first; the first ``GALLERY_SIZE`` also carry their boxes (``bbox``, ``category_id``,
+    ``score``, ``outcome``: tp, fp or missed) and ``file_name``, for the report's gallery."""
     rows = []
     for m in matches:
-        kept = m.det_scores >= score_thresh
+        kept = (m.det_scores >= score_thresh) & (m.status != IGNORED)
         found = np.zeros(len(m.gt_classes), dtype=bool)
         found[m.det_gt[kept & (m.status == TP)]] = True
         fp, fn = int((kept & (m.status == FP)).sum()), int((~found).sum())
         if fp or fn:
-            rows.append({"image_id": int(m.image_id), "fp": fp, "fn": fn, "tp": int(found.sum())})
-    return sorted(rows, key=lambda r: (-(r["fp"] + r["fn"]), r["image_id"]))
+            rows.append(
+                {"image_id": int(m.image_id), "fp": fp, "fn": fn, "tp": int(found.sum()), "_match": (m, kept, found)}
+            )
+    rows.sort(key=lambda r: (-(r["fp"] + r["fn"]), r["image_id"]))
+    for k, row in enumerate(rows):
+        m, kept, found = row.pop("_match")
+        if k >= GALLERY_SIZE:
+            continue
+        boxes = [
+            {"bbox": [float(v) for v in m.det_boxes[d]], "category_id": int(m.det_classes[d]),
+             "score": float(m.det_scores[d]), "outcome": "tp" if m.status[d] == TP else "fp"}
+            for d in np.flatnonzero(kept)
+        ]  # fmt: skip
+        boxes += [
+            {"bbox": [float(v) for v in m.gt_boxes[g]], "category_id": int(m.gt_classes[g]), "score": None, "outcome": "missed"}
+            for g in np.flatnonzero(~found)
+        ]  # fmt: skip
+        row.update(file_name=file_names.get(m.image_id), boxes=boxes)
+    return rows
 
 
 def explain(
@@ -102,5 +121,5 @@ def explain(
             coco_gt, detections, img_ids, score_thresh, target_precision, IOU, matches=matches
         ),
         "confusion": confusion_matrix(coco_gt, detections, img_ids, score_thresh, IOU, matches=matches),
-        "images": image_errors(matches, score_thresh),
+        "images": image_errors(matches, score_thresh, {r["image_id"]: r.get("file_name") for r in records}),
     }

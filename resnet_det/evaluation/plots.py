@@ -97,7 +97,7 @@ def confusion_png(confusion: Mapping, title: str, max_classes: int = MAX_CONFUSI
     rows, cols = [*keep, n], [*keep, n]
     shown = counts[np.ix_(rows, cols)]
     fractions = shown / np.maximum(shown.sum(1, keepdims=True), 1)
-    size = 3 + 0.38 * len(rows)
+    size = 3 + 0.3 * len(rows)
     fig = Figure(figsize=(size + 1.5, size), dpi=100)
     FigureCanvasAgg(fig)
     axes = fig.add_subplot()
@@ -141,7 +141,7 @@ def tide_png(tide: Mapping, names: Mapping[str, str], title: str) -> bytes:
     main.bar_label(bars, fmt="%.2f", fontsize=8, padding=2)
     main.set(xlabel="dAP (AP50 points gained by fixing it)")
     main.set_title(_plain(title), fontsize="medium")
-    sp = {"false positives": 100 * tide["special_dAP"]["FP"], "false negatives": 100 * tide["special_dAP"]["FN"]}
+    sp = {"all FP": 100 * tide["special_dAP"]["FP"], "all FN": 100 * tide["special_dAP"]["FN"]}
     bars = special.bar(list(sp), list(sp.values()), color=["C7", "C8"])
     special.bar_label(bars, fmt="%.2f", fontsize=8)
     special.set(ylabel="dAP")
