@@ -222,7 +222,7 @@ def format_html(
             '<div class="gallery">',
         ]
         for row, jpeg in gallery:
-            caption = f"image {_e(row['image_id'])}: {row['fp']} false positives, {row['fn']} missed, {row['tp']} found"
+            caption = f"image {_e(row['image_id'])}: false positives {row['fp']}, missed {row['fn']}, found {row['tp']}"
             parts.append(f"<figure>{_img(jpeg, caption, 'image/jpeg')}<figcaption>{caption}</figcaption></figure>")
         parts.append("</div>")
     parts += ["<h2>Per class</h2><p class='note'>Click a column to sort; hover a heading for its meaning.</p>"]
