@@ -13,7 +13,6 @@ C++ ``COCOeval_faster`` instead (tests/test_eval_backends.py holds it equal to p
 """
 
 import contextlib
-import copy
 import io
 import logging
 import math
@@ -192,11 +191,15 @@ def _cocoeval(coco_gt: COCO, detections: Sequence[Mapping], backend: str):
         raise EvaluationError(f"unknown COCO backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     import faster_coco_eval
 
-    gt = faster_coco_eval.COCO(copy.deepcopy(coco_gt.dataset))
+    # Copies one level deep: loading and evaluating add fields to the annotations in place.
+    dataset = coco_gt.dataset
+    gt = faster_coco_eval.COCO({**dataset, "annotations": [dict(a) for a in dataset["annotations"]]})
     if detections:
-        results = gt.loadRes([copy.deepcopy(dict(d)) for d in detections])
+        results = gt.loadRes([{**d, "bbox": list(d["bbox"])} for d in detections])
     else:
-        results = faster_coco_eval.COCO({**{k: gt.dataset[k] for k in ("images", "categories")}, "annotations": []})
+        results = faster_coco_eval.COCO(
+            {"images": dataset["images"], "categories": dataset["categories"], "annotations": []}
+        )
     return faster_coco_eval.COCOeval_faster(gt, results, "bbox", print_function=print)
 
 
