@@ -189,7 +189,12 @@ def _cocoeval(coco_gt: COCO, detections: Sequence[Mapping], backend: str):
         return COCOeval(coco_gt, _results_coco(coco_gt, detections), "bbox")
     if backend != "faster-coco-eval":
         raise EvaluationError(f"unknown COCO backend {backend!r}; choose one of {', '.join(BACKENDS)}")
-    import faster_coco_eval
+    try:
+        import faster_coco_eval
+    except ImportError:
+        raise EvaluationError(
+            "--backend faster-coco-eval needs the faster-coco-eval package: pip install 'resnet-det[fast-eval]'"
+        ) from None
 
     # Copies one level deep: loading and evaluating add fields to the annotations in place.
     dataset = coco_gt.dataset

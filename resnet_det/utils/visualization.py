@@ -7,7 +7,7 @@ highest-scoring detections choose first.
 """
 
 import colorsys
-from typing import List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
@@ -93,8 +93,12 @@ def draw_detections(
     font_scale = max(0.35, short / 1000)
     text_thickness = max(1, round(font_scale * 1.5))
     shown = [int(i) for i in np.argsort(-scores, kind="stable") if scores[i] >= score_thresh]  # best first
-    color_of = {i: tuple(colors[i]) if colors is not None else class_color(int(labels[i])) for i in shown}
-    rects = {i: tuple(int(round(v)) for v in boxes[i]) for i in shown}
+    color_of: Dict[int, Color] = {}
+    rects: Dict[int, Rect] = {}
+    for i in shown:
+        color_of[i] = class_color(int(labels[i])) if colors is None else (colors[i][0], colors[i][1], colors[i][2])
+        x0, y0, x1, y1 = (int(round(v)) for v in boxes[i])
+        rects[i] = (x0, y0, x1, y1)
     for i in reversed(shown):
         cv2.rectangle(canvas, rects[i][:2], rects[i][2:], color_of[i], thickness)
     taken: List[Rect] = []
