@@ -52,3 +52,15 @@ def generated_detections(gt: dict, seed: int = 0) -> list:
         d for d in dets
         if d["image_id"] not in crowd or box_iou([d["bbox"]], crowd[d["image_id"]], crowd=True).max() < 0.05
     ]  # fmt: skip
+
+
+if __name__ == "__main__":  # python tests/generated_detections.py GT.json OUT.json [SEED]: the README's example
+    import json
+    import sys
+
+    gt_file, out_file = sys.argv[1:3]
+    seed = int(sys.argv[3]) if len(sys.argv) > 3 else 0
+    with open(gt_file) as f:
+        dets = generated_detections(json.load(f), seed)
+    with open(out_file, "w") as f:
+        json.dump(dets, f)

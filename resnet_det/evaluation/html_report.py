@@ -36,7 +36,7 @@ th{background:#f1f3f7;position:sticky;top:0} td:first-child,th:first-child{text-
 table.sortable th{cursor:pointer} table.sortable th:after{content:" \\2195";color:#99a}
 .cards{display:flex;flex-wrap:wrap;gap:12px} .card{border:1px solid #d9dde6;border-radius:6px;padding:10px 14px;min-width:150px}
 .card .v{font-size:24px;font-weight:600} .card .k{font-size:12px;color:#556}
-.plots{display:flex;flex-wrap:wrap;gap:16px;align-items:flex-start} .plots img{max-width:100%;border:1px solid #e3e6ee}
+.plots{display:grid;grid-template-columns:1fr 1fr;gap:16px;align-items:start} .plots img{width:100%;border:1px solid #e3e6ee}
 .gallery{display:grid;grid-template-columns:repeat(auto-fill,minmax(300px,1fr));gap:12px}
 .gallery figure{margin:0;border:1px solid #d9dde6;border-radius:6px;padding:6px} .gallery img{width:100%}
 figcaption{font-size:12px;color:#334} .up{background:#dff3e3} .down{background:#fbe1e1}
