@@ -127,3 +127,21 @@ def test_chromium_renders_the_highlights_and_plots(tmp_path):
     up = (0xDF, 0xF3, 0xE3)  # the .up cells (b better than a), as the browser paints them
     assert (np.abs(pixels.astype(int) - up).max(axis=1) <= 2).sum() > 500
     assert len(np.unique(pixels // 16, axis=0)) > 50  # text and the plots, not a blank page
+
+
+@pytest.mark.parametrize(
+    "argv, expected",
+    [
+        (["--results", "d.json", "--gt", "g.json", "--score-thresh", "1.5"], "--score-thresh must lie in 0..1"),
+        (["--results", "d.json", "--gt", "g.json", "--target-precision", "0"], "--target-precision in (0, 1]"),
+        (["--results", "d.json", "--dataset", "voc_2007_test", "--images", "x/"], "--images goes with --gt"),
+        (["--results", "d.json", "--gt", "g.json", "--backend", "fast"], "invalid choice: 'fast'"),
+    ],
+)
+def test_the_new_flags_are_checked(capsys, argv, expected):
+    spec = importlib.util.spec_from_file_location("eval_tool", REPO / "tools" / "eval.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    with pytest.raises(SystemExit):
+        tool.parse_args(argv)
+    assert expected in capsys.readouterr().err
