@@ -1,12 +1,12 @@
 """Deployment thresholds, the confusion matrix, and both VOC metrics in every report."""
 
 import pytest
+from test_eval_tide import det, ground_truth
 
 from resnet_det.evaluation.coco import _quiet_coco
 from resnet_det.evaluation.confusion import confusion_matrix
 from resnet_det.evaluation.evaluator import evaluate_detections, evaluate_with_coco_file
 from resnet_det.evaluation.thresholds import threshold_analysis
-from test_eval_tide import det, ground_truth
 
 
 def boxes_at(x):
