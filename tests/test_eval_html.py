@@ -96,6 +96,8 @@ def test_the_tool_writes_both_pages(tmp_path, capsys):
     (tmp_path / "d.json").write_text(json.dumps(dets))
     common = ["--results", str(tmp_path / "d.json"), "--gt", str(tmp_path / "gt.json")]
     tool.main([*common, "--output", str(tmp_path / "a"), "--score-thresh", "0.3", "--target-precision", "0.8"])
+    printed = capsys.readouterr().out
+    assert "VOC07 mAP" in printed and "at score 0.30: precision" in printed and "TIDE dAP" in printed
     tool.main([*common, "--output", str(tmp_path / "b"), "--backend", "faster-coco-eval", "--no-analysis"])
     a, b = (json.loads((tmp_path / r / "report.json").read_text()) for r in "ab")
     assert a["thresholds"]["score_thresh"] == 0.3 and a["confusion"]["score_thresh"] == 0.3

@@ -105,7 +105,31 @@ def format_table(report: Mapping) -> str:
         lines += [f"  {caption}"] if caption else []
         lines += ["  " + line for line in _text_table(keys, [[_fmt(report["summary"][k]) for k in keys]])]
     lines += ["", *_text_table(*_class_table(report))]
+    if "thresholds" in report:
+        lines += ["", *_analysis_lines(report)]
     return "\n".join(lines) + "\n"
+
+
+def _analysis_lines(report: Mapping) -> List[str]:
+    """The analysis in three lines: both VOC metrics, the operating points, TIDE's dAP."""
+    voc, tide, t = report["voc"], report["tide"], report["thresholds"]
+    at, best, target = t["overall"]["at_score"], t["overall"]["best_f1"], t["overall"]["at_precision"]
+    points = (
+        f"at score {at['score']:.2f}: precision {at['precision']:.3f}, recall {at['recall']:.3f}, F1 {at['f1']:.3f}"
+    )
+    points += f"; best F1 {best['f1']:.3f} at score {best['score']:.2f}" if best else ""
+    points += (
+        f"; precision {t['target_precision']:.2f} from score {target['score']:.2f}"
+        if target
+        else f"; precision {t['target_precision']:.2f} not reached"
+    )
+    daps = " ".join(f"{k} {100 * v:.2f}" for k, v in tide["dAP"].items())
+    special = f"FP {100 * tide['special_dAP']['FP']:.2f} FN {100 * tide['special_dAP']['FN']:.2f}"
+    return [
+        f"PASCAL VOC (devkit rules, IoU 0.5): VOC07 mAP {_fmt(voc['voc07']['mAP'])}, VOC10 mAP {_fmt(voc['voc10']['mAP'])}",
+        points,
+        f"TIDE dAP (AP50 points gained by fixing each error type): {daps} | {special}",
+    ]
 
 
 def format_markdown(report: Mapping) -> str:
