@@ -244,7 +244,8 @@ def _delta_cell(a, b, lower_is_better: bool = False) -> str:
     d = b - a
     better, worse = (d < -5e-4, d > 5e-4) if lower_is_better else (d > 5e-4, d < -5e-4)
     css = "up" if better else "down" if worse else ""
-    return f'<td class="{css}" data-v="{d}">{d:+.3f}</td>'
+    shown = f"{d:+.3f}" if css else f"{0.0:+.3f}"  # no "-0.000"
+    return f'<td class="{css}" data-v="{d}">{shown}</td>'
 
 
 def _flat_numbers(report: Mapping) -> Dict[str, Optional[float]]:
@@ -253,7 +254,7 @@ def _flat_numbers(report: Mapping) -> Dict[str, Optional[float]]:
     }
     for name in ("voc07", "voc10"):
         if report.get("voc"):
-            numbers[f"{name} mAP"] = report["voc"][name]["mAP"]
+            numbers[f"{name.upper()} mAP"] = report["voc"][name]["mAP"]
     if report.get("tide"):
         numbers["TIDE AP50"] = report["tide"]["AP50"]
         numbers.update({f"TIDE dAP {ERROR_NAMES[k]}": report["tide"]["dAP"][k] for k in ERROR_TYPES})
@@ -261,8 +262,8 @@ def _flat_numbers(report: Mapping) -> Dict[str, Optional[float]]:
         overall = report["thresholds"]["overall"]
         numbers.update(
             {
-                f"{k} at score {overall['at_score']['score']:.2f}": overall["at_score"][k]
-                for k in ("precision", "recall", "f1")
+                f"{label} at score {overall['at_score']['score']:.2f}": overall["at_score"][k]
+                for k, label in (("precision", "precision"), ("recall", "recall"), ("f1", "F1"))
             }
         )
         numbers["best-F1 score"] = (overall["best_f1"] or {}).get("score")
