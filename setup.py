@@ -25,5 +25,9 @@ setup(
         "matplotlib",
         "defusedxml>=0.7",
     ],
-    extras_require={"test": ["pytest", "pytest-timeout", "hypothesis"], "lint": ["ruff", "mypy"]},
+    extras_require={
+        "test": ["pytest", "pytest-timeout", "hypothesis", "tidecv>=1.0,<2", "faster-coco-eval>=1.6,<2"],
+        "lint": ["ruff", "mypy"],
+        "fast-eval": ["faster-coco-eval>=1.6,<2"],
+    },
 )

@@ -6,10 +6,13 @@ Examples:
   python tools/benchmark.py --only inference train --runs 7 --json bench.json
   python tools/benchmark.py --only inference --compile inductor   # the optional compiled backbone
   python tools/benchmark.py --device cuda --batch 4
+  python tools/benchmark.py --only eval-backends --runs 5       # pycocotools vs faster-coco-eval
 
 Measures: inference images/s at --size (short side) with --proposals RPN proposals per image;
 one training iteration (forward, backward, SGD step) on --train-batch images at --train-size;
 data loading images/s (JPEG decode + augment + collate with --workers); COCO evaluation time;
+eval-backends: the same 500 images x 100 detections evaluated by pycocotools and by
+faster-coco-eval, timed alternately, and the report's analysis (TIDE, thresholds, confusion);
 peak memory (RSS on CPU, max_memory_allocated on GPU). Each figure: --warmup runs, then --runs
 timed runs, printed as min / median / max; ratios are ours / stock on the medians. The stock
 model is torchvision's R50-FPN Faster R-CNN as fasterrcnn_resnet50_fpn sets it up for fine-tuning
@@ -24,7 +27,7 @@ import json
 
 from resnet_det.cli import main_guard
 
-MEASURES = ("inference", "train", "data", "eval")
+MEASURES = ("inference", "train", "data", "eval", "eval-backends")
 
 
 def parse_args(argv=None):

@@ -6,7 +6,8 @@ Examples:
   python tools/eval.py --run output/voc_r101_c4                  # its newest checkpoint (also while training)
   python tools/eval.py --config configs/voc/faster_rcnn_c4.yaml --weights model_final.pth --dataset voc_2007_test
   torchrun --nproc_per_node=8 tools/eval.py --run output/coco_r101_c4
-  python tools/eval.py --compare a/report.json b/report.json
+  python tools/eval.py --compare a/report.json b/report.json --output cmp/   # and cmp/compare.html
+  python tools/eval.py --results dets.json --gt val.json --images val_images/ --backend faster-coco-eval --output out/
 
 --results takes COCO results format ([{image_id, category_id, bbox: [x, y, w, h], score}]) with
 the dataset's own category ids: COCO's 1..90, VOC's 1..20 in the order aeroplane ... tvmonitor;
@@ -16,7 +17,13 @@ be a folder of the devkit's per-class files (comp4_det_test_<class>.txt: "<image
 (results/VOC<year>/Main/, where the devkit and the evaluation server look).
 --metric defaults by dataset: coco for COCO-format data, voc07 (11-point AP) for VOC 2007,
 voc10 (area AP) for VOC 2012. Numbers are fractions in 0..1, as pycocotools prints them.
---output receives report.json, report.md, pr_curves.png and detections.json.
+--output receives report.json, report.md, report.html (open it in a browser: summary, sortable
+per-class tables, plots, the images with the most errors drawn), pr_curves.png, thresholds.png,
+confusion.png, tide.png and detections.json. Besides the metric, every report holds both VOC
+metrics, TIDE's error analysis, the confusion matrix at --score-thresh, and precision / recall / F1
+at --score-thresh with the best-F1 score and the score reaching --target-precision
+(--no-analysis: the metric alone). --backend faster-coco-eval computes the same COCO numbers
+faster (equal to pycocotools to 1e-6; pycocotools is the default and the reference).
 """
 
 import argparse
@@ -26,12 +33,14 @@ from pathlib import Path
 from resnet_det.cli import add_trust_arg, log_to_stderr, main_guard
 from resnet_det.errors import EvaluationError
 from resnet_det.evaluation import (
+    BACKENDS,
     METRICS,
     compare_reports,
     evaluate_detections,
     evaluate_with_coco_file,
     format_table,
     load_detections,
+    write_compare_html,
     write_report,
 )
 from resnet_det.evaluation.voc_results import RESULT_FILE, read_voc_results, with_voc_image_ids, write_voc_results
@@ -69,6 +78,15 @@ def parse_args(argv=None):
     parser.add_argument("--metric", choices=METRICS, help="default: coco for COCO-format data, voc07 / voc10 by year")
     parser.add_argument("--output", metavar="DIR", help="folder for the report files (with --run: DIR/eval/NAME)")
     parser.add_argument("--device", help="auto | cpu | cuda | cuda:N, for the model (default: the config's)")
+    parser.add_argument("--backend", choices=BACKENDS, default=BACKENDS[0], help="COCOeval implementation")
+    parser.add_argument(
+        "--score-thresh", type=float, default=0.5, help="score of the operating point and the confusion matrix"
+    )
+    parser.add_argument(
+        "--target-precision", type=float, default=0.9, help="the precision to find the lowest score for (0.9)"
+    )
+    parser.add_argument("--no-analysis", action="store_true", help="only the metric: no TIDE, thresholds, confusion")
+    parser.add_argument("--images", metavar="DIR", help="with --gt: the images folder, to draw the report's gallery")
     add_trust_arg(parser)
     parser.add_argument("opts", nargs="*", metavar="KEY=VALUE", help="config overrides, for --run / --config")
     args = parser.parse_intermixed_args(argv)
@@ -84,6 +102,10 @@ def parse_args(argv=None):
         parser.error("--gt goes with --results")
     if args.results and args.gt and Path(args.results).is_dir():
         parser.error("a folder of VOC result files (--results DIR) is read with its split: --dataset NAME, not --gt")
+    if not 0.0 <= args.score_thresh <= 1.0 or not 0.0 < args.target_precision <= 1.0:
+        parser.error("--score-thresh must lie in 0..1 and --target-precision in (0, 1]")
+    if args.images and not args.gt:
+        parser.error("--images goes with --gt (a registered dataset knows its images)")
     if bool(args.config) != bool(args.weights):
         parser.error("--config and --weights go together")
     if (args.results or args.compare) and (args.opts or args.device):
@@ -91,11 +113,25 @@ def parse_args(argv=None):
     return args
 
 
+def _scoring(args) -> dict:
+    """The evaluator's keyword arguments the flags choose: backend and analysis."""
+    return {
+        "backend": args.backend,
+        "explain": not args.no_analysis,
+        "score_thresh": args.score_thresh,
+        "target_precision": args.target_precision,
+    }
+
+
 def evaluate_results(args):
     """The model-free path: an existing detections file against a COCO file or a registered split."""
     if args.gt:
         detections = load_detections(Path(args.results))
-        return evaluate_with_coco_file(detections, Path(args.gt), source=args.results), detections, None
+        return (
+            evaluate_with_coco_file(detections, Path(args.gt), source=args.results, **_scoring(args)),
+            detections,
+            None,
+        )
     from resnet_det.data.catalog import get_dataset
 
     records, metadata = get_dataset(args.dataset, root=args.data_root)
@@ -104,7 +140,7 @@ def evaluate_results(args):
         detections = read_voc_results(results, records, metadata)
     else:
         detections = with_voc_image_ids(load_detections(results), records)
-    report = evaluate_detections(detections, records, metadata, args.metric, source=args.results)
+    report = evaluate_detections(detections, records, metadata, args.metric, source=args.results, **_scoring(args))
     return report, detections, (records, metadata)
 
 
@@ -149,7 +185,7 @@ def evaluate_model(args):
     if not dist.is_main:
         return None, detections, None
     metric = args.metric or cfg.test.metric
-    report = evaluate_detections(detections, records, metadata, metric, source=str(loaded.checkpoint))
+    report = evaluate_detections(detections, records, metadata, metric, source=str(loaded.checkpoint), **_scoring(args))
     report.update(checkpoint=str(loaded.checkpoint), config_hash=config_hash(cfg))
     return report, detections, (records, metadata)
 
@@ -159,6 +195,8 @@ def main(argv=None):
     args = parse_args(argv)
     if args.compare:
         print(compare_reports(Path(args.compare[0]), Path(args.compare[1])), end="")
+        if args.output:
+            print(f"\nwrote {write_compare_html(Path(args.compare[0]), Path(args.compare[1]), Path(args.output))}")
         return
     report, detections, dataset = evaluate_results(args) if args.results else evaluate_model(args)
     if report is None:
@@ -168,7 +206,8 @@ def main(argv=None):
     print(format_table(report), end="")
     output = args.output or (Path(args.run) / "eval" / output_name(report["dataset"]) if args.run else None)
     if output:
-        paths = list(write_report(report, detections, Path(output)).values())
+        image_root = Path(args.images) if args.images else None
+        paths = list(write_report(report, detections, Path(output), image_root=image_root).values())
         if dataset is not None and dataset[1].get("evaluator") == "voc":
             records, metadata = dataset
             folder = Path(output) / "results" / f"VOC{metadata.get('year', '')}" / "Main"

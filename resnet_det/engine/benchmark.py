@@ -362,6 +362,49 @@ def bench_coco_eval(settings: Settings, num_images: int = 500, dets_per_image: i
     return Figure("coco_eval", "seconds", values, higher_is_better=False)
 
 
+def synthetic_coco_eval_case(num_images: int = 500, dets_per_image: int = 100, seed: int = 0):
+    """A COCO ground truth (dict) of ``num_images`` 640x480 images with 7 boxes each in 10 classes,
+    and ``dets_per_image`` random detections per image, some near a ground-truth box."""
+    rng = np.random.default_rng(seed)
+    images, annotations, detections = [], [], []
+    for i in range(1, num_images + 1):
+        images.append({"id": i, "width": 640, "height": 480, "file_name": f"{i}.jpg"})
+        for _ in range(7):
+            x, y, w, h = rng.uniform(0, 400), rng.uniform(0, 300), rng.uniform(8, 200), rng.uniform(8, 150)
+            cat = int(rng.integers(1, 11))
+            annotations.append(
+                {"id": len(annotations) + 1, "image_id": i, "category_id": cat, "bbox": [x, y, w, h],
+                 "area": w * h, "iscrowd": 0}
+            )  # fmt: skip
+            jitter = rng.uniform(-0.1, 0.1, size=4) * [w, h, w, h]
+            detections.append(
+                {"image_id": i, "category_id": cat, "bbox": list(np.add([x, y, w, h], jitter)), "score": float(rng.uniform())}
+            )  # fmt: skip
+        for _ in range(dets_per_image - 7):
+            x, y, w, h = rng.uniform(0, 400), rng.uniform(0, 300), rng.uniform(8, 200), rng.uniform(8, 150)
+            detections.append(
+                {"image_id": i, "category_id": int(rng.integers(1, 11)), "bbox": [x, y, w, h], "score": float(rng.uniform())}
+            )  # fmt: skip
+    gt = {"images": images, "annotations": annotations, "categories": [{"id": c, "name": str(c)} for c in range(1, 11)]}
+    return gt, detections
+
+
+def bench_eval_backends(settings: Settings, num_images: int = 500, dets_per_image: int = 100) -> Dict[str, Figure]:
+    """Seconds for the COCO box evaluation of the same files by each backend, timed alternately,
+    and for the report's analysis (TIDE, thresholds, confusion, VOC metrics) on them."""
+    from resnet_det.evaluation.analysis import explain
+    from resnet_det.evaluation.coco import BACKENDS, _quiet_coco, evaluate_coco
+
+    gt, detections = synthetic_coco_eval_case(num_images, dets_per_image)
+    coco = _quiet_coco(json.loads(json.dumps(gt)))
+    fns = {backend: (lambda b=backend: evaluate_coco(coco, detections, backend=b)) for backend in BACKENDS}
+    fns["analysis"] = lambda: explain(coco, detections)
+    times = time_alternating(fns, 1 if settings.warmup else 0, settings.runs, torch.device("cpu"))
+    figures = {b: Figure("coco_eval_backend", "seconds", times[b], higher_is_better=False) for b in BACKENDS}
+    figures["ours"] = Figure("eval_analysis", "seconds", times["analysis"], higher_is_better=False)
+    return figures
+
+
 def machine_description(device: torch.device) -> str:
     if device.type == "cuda":
         return f"{torch.cuda.get_device_name(device)}, torch {torch.__version__}"
@@ -395,6 +438,7 @@ def run_benchmarks(settings: Settings, only: List[str], log: Callable[[str], Non
         "train": lambda: bench_training(settings, device),
         "data": lambda: {"ours": bench_data_loading(settings)},
         "eval": lambda: {"ours": bench_coco_eval(settings)},
+        "eval-backends": lambda: bench_eval_backends(settings),
     }
     for key in only:
         log(f"measuring {key} ...")
@@ -404,6 +448,11 @@ def run_benchmarks(settings: Settings, only: List[str], log: Callable[[str], Non
         if "stock" in figures:
             ours, stock = figures["ours"], figures["stock"]
             result["ratios"][figures["ours"].name] = ours.median / stock.median
+    if "coco_eval_backend/faster-coco-eval" in result["figures"]:
+        result["ratios"]["coco_eval_backend"] = (
+            result["figures"]["coco_eval_backend/faster-coco-eval"]["median"]
+            / result["figures"]["coco_eval_backend/pycocotools"]["median"]
+        )
     if "data_loading/ours" in result["figures"] and "train_iteration/ours" in result["figures"]:
         consumed = result["figures"]["train_iteration/ours"]["median"] * settings.train_batch
         result["ratios"]["data_loading_vs_training_consumption"] = (
@@ -414,17 +463,16 @@ def run_benchmarks(settings: Settings, only: List[str], log: Callable[[str], Non
 
 def format_result(result: Dict) -> str:
     lines = [f"machine: {result['machine']}", f"settings: {json.dumps(result['settings'])}", ""]
-    lines.append(f"{'figure':<28}{'unit':<14}{'min':>10}{'median':>10}{'max':>10}{'peak MB':>10}")
+    lines.append(f"{'figure':<36}{'unit':<14}{'min':>10}{'median':>10}{'max':>10}{'peak MB':>10}")
     for name, f in result["figures"].items():
         peak = f"{f['peak_memory_mb']:.0f}" if f["peak_memory_mb"] is not None else "-"
-        lines.append(f"{name:<28}{f['unit']:<14}{f['min']:>10.3f}{f['median']:>10.3f}{f['max']:>10.3f}{peak:>10}")
+        lines.append(f"{name:<36}{f['unit']:<14}{f['min']:>10.3f}{f['median']:>10.3f}{f['max']:>10.3f}{peak:>10}")
     if result["ratios"]:
         lines.append("")
         for name, ratio in result["ratios"].items():
-            what = (
-                "ours / stock (medians)"
-                if name != "data_loading_vs_training_consumption"
-                else "loader images/s / images/s a training iteration consumes"
-            )
+            what = {
+                "data_loading_vs_training_consumption": "loader images/s / images/s a training iteration consumes",
+                "coco_eval_backend": "faster-coco-eval / pycocotools seconds (medians)",
+            }.get(name, "ours / stock (medians)")
             lines.append(f"ratio {name:<40}{ratio:>8.2f}x   {what}")
     return "\n".join(lines)

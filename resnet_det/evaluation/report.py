@@ -13,7 +13,10 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 from resnet_det.errors import EvaluationError
 from resnet_det.evaluation.coco import read_json
-from resnet_det.evaluation.plots import pr_curves_png
+from resnet_det.evaluation.gallery import gallery
+from resnet_det.evaluation.html_report import compare_html, format_html
+from resnet_det.evaluation.plots import confusion_png, pr_curves_png, threshold_curves_png, tide_png
+from resnet_det.evaluation.tide import ERROR_NAMES
 from resnet_det.utils.file_io import atomic_write_bytes, atomic_write_text
 
 METRIC_TITLES = {
@@ -22,6 +25,9 @@ METRIC_TITLES = {
     "voc10": "PASCAL VOC2010+ area AP at IoU 0.5",
 }
 REPORT_FILES = ("detections.json", "pr_curves.png", "report.md", "report.json")
+# Written too when the report holds the analysis (evaluate_detections(..., explain=True)).
+ANALYSIS_FILES = ("thresholds.png", "confusion.png", "tide.png", "report.html")
+PLOT_FILES = ("pr_curves.png", "thresholds.png", "confusion.png", "tide.png")
 
 
 # Characters that Markdown reads as markup (emphasis, code, links, table cells, strikethrough).
@@ -99,7 +105,31 @@ def format_table(report: Mapping) -> str:
         lines += [f"  {caption}"] if caption else []
         lines += ["  " + line for line in _text_table(keys, [[_fmt(report["summary"][k]) for k in keys]])]
     lines += ["", *_text_table(*_class_table(report))]
+    if "thresholds" in report:
+        lines += ["", *_analysis_lines(report)]
     return "\n".join(lines) + "\n"
+
+
+def _analysis_lines(report: Mapping) -> List[str]:
+    """The analysis in three lines: both VOC metrics, the operating points, TIDE's dAP."""
+    voc, tide, t = report["voc"], report["tide"], report["thresholds"]
+    at, best, target = t["overall"]["at_score"], t["overall"]["best_f1"], t["overall"]["at_precision"]
+    points = (
+        f"at score {at['score']:.2f}: precision {at['precision']:.3f}, recall {at['recall']:.3f}, F1 {at['f1']:.3f}"
+    )
+    points += f"; best F1 {best['f1']:.3f} at score {best['score']:.2f}" if best else ""
+    points += (
+        f"; precision {t['target_precision']:.2f} from score {target['score']:.2f}"
+        if target
+        else f"; precision {t['target_precision']:.2f} not reached"
+    )
+    daps = " ".join(f"{k} {100 * v:.2f}" for k, v in tide["dAP"].items())
+    special = f"FP {100 * tide['special_dAP']['FP']:.2f} FN {100 * tide['special_dAP']['FN']:.2f}"
+    return [
+        f"PASCAL VOC (devkit rules, IoU 0.5): VOC07 mAP {_fmt(voc['voc07']['mAP'])}, VOC10 mAP {_fmt(voc['voc10']['mAP'])}",
+        points,
+        f"TIDE dAP (AP50 points gained by fixing each error type): {daps} | {special}",
+    ]
 
 
 def format_markdown(report: Mapping) -> str:
@@ -124,28 +154,104 @@ def format_markdown(report: Mapping) -> str:
         lines += [*_markdown_table(keys, [[_fmt(report["summary"][k]) for k in keys]]), ""]
     lines += ["## Per class", "", *_markdown_table(*_class_table(report, escape=_md)), ""]
     if report.get("cocoeval_summary"):
-        lines += ["## pycocotools summary", "", "```", *report["cocoeval_summary"], "```", ""]
+        backend = report.get("backend", "pycocotools")
+        lines += [f"## {backend} summary", "", "```", *report["cocoeval_summary"], "```", ""]
     lines += ["![precision-recall curves](pr_curves.png)", ""]
+    if "thresholds" in report:
+        lines += _analysis_markdown(report)
     return "\n".join(lines)
 
 
-def write_report(report: Mapping, detections: Sequence[Mapping], output_dir: Path) -> Dict[str, Path]:
-    """Write detections.json, pr_curves.png, report.md and report.json (last) into ``output_dir``.
+def _analysis_markdown(report: Mapping) -> List[str]:
+    voc, tide, t = report["voc"], report["tide"], report["thresholds"]
+    overall = t["overall"]
+    at, best, target = overall["at_score"], overall["best_f1"], overall["at_precision"]
+    lines = [
+        "## PASCAL VOC AP (devkit rules, IoU 0.5)",
+        "",
+        f"- VOC2007 11-point mAP: {_fmt(voc['voc07']['mAP'])}",
+        f"- VOC2010+ area mAP: {_fmt(voc['voc10']['mAP'])}",
+        "",
+        f"## Operating points (IoU {t['iou_thresh']}, all classes)",
+        "",
+        f"- at score {at['score']:.2f}: precision {at['precision']:.3f}, recall {at['recall']:.3f}, "
+        f"F1 {at['f1']:.3f} ({at['tp']} found, {at['fp']} false positives, {at['fn']} missed)",
+        f"- best F1: {best['f1']:.3f} at score {best['score']:.2f}" if best else "- best F1: - (nothing found)",
+        f"- precision {t['target_precision']:.2f}: from score {target['score']:.2f} (recall {target['recall']:.3f})"
+        if target
+        else f"- precision {t['target_precision']:.2f}: not reached at any score",
+        "",
+        f"## Errors (TIDE, AP50 {tide['AP50']:.3f})",
+        "",
+        *_markdown_table(
+            ["error", "dAP", "count"],
+            [[ERROR_NAMES[k], f"{100 * v:.2f}", tide["counts"][k]] for k, v in tide["dAP"].items()]
+            + [
+                ["all false positives", f"{100 * tide['special_dAP']['FP']:.2f}", tide["num_fp"]],
+                ["all false negatives", f"{100 * tide['special_dAP']['FN']:.2f}", tide["num_fn"]],
+            ],
+        ),  # fmt: skip
+        "",
+        "![precision, recall and F1 against the score](thresholds.png)",
+        "![confusion matrix](confusion.png)",
+        "![TIDE errors](tide.png)",
+        "",
+        "The full report, with sortable per-class tables and the images with the most errors: `report.html`.",
+        "",
+    ]
+    return lines
 
-    Each file is written atomically. The PR curves are drawn, not stored in report.json: the
-    detections file recomputes them.
-    """
-    output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    paths = {name: output_dir / name for name in REPORT_FILES}
-    atomic_write_text(paths["detections.json"], json.dumps(list(detections)))
+
+def _plots(report: Mapping) -> Dict[str, bytes]:
+    """The report's PNGs by file name: the PR curves, and those of the analysis where it has one."""
     curves = report["pr_curves"]
     ap = {row["name"]: row.get("AP50", row["AP"]) for row in report["per_class"]}
     title = f"{report['dataset']}\nprecision-recall at IoU 0.5 ({report['metric']})"
-    atomic_write_bytes(paths["pr_curves.png"], pr_curves_png(curves["recall"], curves["precision"], ap, title))
-    atomic_write_text(paths["report.md"], format_markdown(report))
+    plots = {"pr_curves.png": pr_curves_png(curves["recall"], curves["precision"], ap, title)}
+    if "thresholds" in report:
+        t = report["thresholds"]
+        plots["thresholds.png"] = threshold_curves_png(t, f"all classes at IoU {t['iou_thresh']}")
+        c = report["confusion"]
+        plots["confusion.png"] = confusion_png(
+            c, f"confusion at IoU {c['iou_thresh']}, score >= {c['score_thresh']:.2f}"
+        )
+        plots["tide.png"] = tide_png(report["tide"], ERROR_NAMES, f"TIDE errors, AP50 {report['tide']['AP50']:.3f}")
+    return plots
+
+
+def _stored(report: Mapping) -> Dict:
+    """report.json's content: all but the PR curves (detections.json recomputes them) and TIDE's
+    error list (its counts stay)."""
     stored = {k: v for k, v in report.items() if k != "pr_curves"}
-    atomic_write_text(paths["report.json"], json.dumps(stored, indent=2) + "\n")
+    if "tide" in stored:
+        stored["tide"] = {k: v for k, v in stored["tide"].items() if k != "errors"}
+    return stored
+
+
+def write_report(
+    report: Mapping, detections: Sequence[Mapping], output_dir: Path, image_root: Optional[Path] = None
+) -> Dict[str, Path]:
+    """Write detections.json, the PNGs, report.md, report.html (with the analysis) and
+    report.json (last) into ``output_dir``.
+
+    Each file is written atomically. The PR curves are drawn, not stored in report.json: the
+    detections file recomputes them. ``image_root`` is where relative image file names of the
+    gallery are found (a COCO file's images folder).
+    """
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    names = REPORT_FILES + (ANALYSIS_FILES if "thresholds" in report else ())
+    paths = {name: output_dir / name for name in names}
+    atomic_write_text(paths["detections.json"], json.dumps(list(detections)))
+    plots = _plots(report)
+    for name, png in plots.items():
+        atomic_write_bytes(paths[name], png)
+    atomic_write_text(paths["report.md"], format_markdown(report))
+    if "report.html" in paths:
+        class_names = {row["category_id"]: row["name"] for row in report["per_class"]}
+        drawn = gallery(report.get("images", []), class_names, image_root)
+        atomic_write_text(paths["report.html"], format_html(report, plots, drawn))
+    atomic_write_text(paths["report.json"], json.dumps(_stored(report), indent=2) + "\n")
     return paths
 
 
@@ -179,3 +285,17 @@ def compare_reports(path_a: Path, path_b: Path) -> str:
         rows = [[k, _fmt(x.get(k)), _fmt(y.get(k)), _signed(x.get(k), y.get(k))] for k in dict.fromkeys([*x, *y])]
         lines += ["", *_text_table([title, "a", "b", "b - a"], rows)]
     return "\n".join(lines) + "\n"
+
+
+def write_compare_html(path_a: Path, path_b: Path, output: Path) -> Path:
+    """compare.html in ``output``: the two report.json files side by side, with the PNGs found
+    beside each."""
+    a, b = load_report(path_a), load_report(path_b)
+    plots = [
+        {name: (Path(p).parent / name).read_bytes() for name in PLOT_FILES if (Path(p).parent / name).is_file()}
+        for p in (path_a, path_b)
+    ]
+    output = Path(output)
+    output.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(output / "compare.html", compare_html(a, b, str(path_a), str(path_b), plots[0], plots[1]))
+    return output / "compare.html"
