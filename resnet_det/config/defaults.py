@@ -84,6 +84,9 @@ class RoIHeadsConfig:
     score_thresh: float = 0.05
     nms_thresh: float = 0.5
     detections_per_image: int = 100
+    # Detections with a side under this many pixels (after clipping) are dropped: torchvision's
+    # 0.01; detectron2 keeps all (0).
+    min_box_size: float = 0.01
     fc_dim: int = 1024  # FPN's 2-fc box head
     # (wx, wy, ww, wh): the scale of the box deltas the box predictor outputs (both libraries': 10, 10, 5, 5).
     box_reg_weights: List[float] = field(default_factory=lambda: [10.0, 10.0, 5.0, 5.0])

@@ -304,6 +304,7 @@ def config_from_detectron2(d2cfg, source: str) -> Tuple[str, List[str]]:
         "model.roi_heads.score_thresh": roi.SCORE_THRESH_TEST,
         "model.roi_heads.nms_thresh": roi.NMS_THRESH_TEST,
         "model.roi_heads.detections_per_image": d2cfg.TEST.DETECTIONS_PER_IMAGE,
+        "model.roi_heads.min_box_size": 0.0,
         "model.roi_heads.box_reg_weights": list(box.BBOX_REG_WEIGHTS),
         "model.num_classes": roi.NUM_CLASSES,
         "input.min_size_train": list(d2cfg.INPUT.MIN_SIZE_TRAIN),

@@ -28,6 +28,7 @@ from resnet_det.errors import ConfigError
 from resnet_det.modeling import backbone_weights, c4_head, fpn  # noqa: F401  (register the kinds and heads)
 from resnet_det.modeling.anchors import AnchorGenerator
 from resnet_det.modeling.heads import HEADS
+from resnet_det.modeling.roi_heads import RoIHeads
 from resnet_det.modeling.transform import DetectionTransform, resolve_input_format
 
 
@@ -183,7 +184,21 @@ def build_detector(cfg: DictConfig, num_classes: int) -> FasterRCNN:
         box_positive_fraction=roi_cfg.positive_fraction,
     )
     model.rpn.box_coder = BoxCoder(tuple(float(w) for w in rpn_cfg.box_reg_weights))
-    model.roi_heads.box_coder = BoxCoder(tuple(float(w) for w in roi_cfg.box_reg_weights))
+    tv_heads = model.roi_heads
+    model.roi_heads = RoIHeads(
+        tv_heads.box_roi_pool,
+        tv_heads.box_head,
+        tv_heads.box_predictor,
+        roi_cfg.fg_iou_thresh,
+        roi_cfg.bg_iou_thresh,
+        roi_cfg.batch_size_per_image,
+        roi_cfg.positive_fraction,
+        tuple(float(w) for w in roi_cfg.box_reg_weights),
+        roi_cfg.score_thresh,
+        roi_cfg.nms_thresh,
+        roi_cfg.detections_per_image,
+        min_box_size=roi_cfg.min_box_size,
+    )
     model.transform = DetectionTransform(input_format, size_divisible=cfg.input.size_divisibility)
     model.backbone_input_format = input_format
     return model
