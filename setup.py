@@ -25,5 +25,18 @@ setup(
         "matplotlib",
         "defusedxml>=0.7",
     ],
-    extras_require={"test": ["pytest", "pytest-timeout", "hypothesis"], "lint": ["ruff", "mypy"]},
+    extras_require={
+        "test": ["pytest", "pytest-timeout", "hypothesis"],
+        "lint": ["ruff", "mypy"],
+        # detectron2's pure-Python dependencies; detectron2 itself installs from its repository:
+        # pip install 'git+https://github.com/facebookresearch/detectron2.git'
+        "detectron2": [
+            "fvcore>=0.1.5",
+            "iopath>=0.1.7,<0.2",
+            "yacs>=0.1.8",
+            "tabulate",
+            "termcolor>=1.1",
+            "cloudpickle",
+        ],
+    },
 )

@@ -17,9 +17,8 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from PIL import Image
-
 from conftest import SHARED_DATA
+from PIL import Image
 
 from resnet_det.config import DetectionConfig, load_config
 from resnet_det.engine.predictor import load_detector
@@ -49,7 +48,7 @@ def randomize(model, seed=0):
     predictor weights large enough to rank boxes and classes apart."""
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        for name, module in model.named_modules():
+        for module in model.modules():
             if type(module).__name__ == "FrozenBatchNorm2d":
                 module.weight.copy_(torch.rand(module.weight.shape, generator=g) * 0.5 + 0.5)
                 module.bias.copy_(torch.randn(module.bias.shape, generator=g) * 0.1)
@@ -99,7 +98,9 @@ def converted(request, detectron2_path, tmp_path_factory):
     tmp = tmp_path_factory.mktemp(f"d2_{head}")
     config = tmp / "config.yaml"
     # Score threshold 0 (every class competes); 100 proposals keep the test fast.
-    overrides = {"MODEL": {"DEVICE": "cpu", "ROI_HEADS": {"SCORE_THRESH_TEST": 0.0}, "RPN": {"POST_NMS_TOPK_TEST": 100}}}
+    overrides = {
+        "MODEL": {"DEVICE": "cpu", "ROI_HEADS": {"SCORE_THRESH_TEST": 0.0}, "RPN": {"POST_NMS_TOPK_TEST": 100}}
+    }
     config.write_text(yaml.safe_dump({"_BASE_": str(zoo_config(detectron2_path, head)), **overrides}))
     cfg = get_cfg()
     cfg.merge_from_file(str(config))
@@ -170,13 +171,16 @@ def test_bad_checkpoint_is_one_line(converted, capsys):
 def test_without_detectron2_one_line(monkeypatch, tmp_path, capsys):
     """No detectron2: the tool and the integration say so in one line, with the install command."""
     from resnet_det.errors import MissingDependencyError
+
     monkeypatch.setitem(sys.modules, "detectron2", None)
     monkeypatch.delitem(sys.modules, "resnet_det.integrations.detectron2", raising=False)
     with pytest.raises(SystemExit):
         main(["--from", "detectron2", "--config", "x.yaml", "x.pkl", "--output", str(tmp_path)])
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1
-    assert err.startswith("error: --from detectron2 needs detectron2, which is not installed: pip install 'git+https://github.com/facebookresearch/detectron2.git'")
+    assert err.startswith(
+        "error: --from detectron2 needs detectron2, which is not installed: pip install 'git+https://github.com/facebookresearch/detectron2.git'"
+    )
     with pytest.raises(MissingDependencyError, match="facebookresearch/detectron2.git"):
         import resnet_det.integrations.detectron2  # noqa: F401
 
@@ -188,14 +192,20 @@ def tiny_cfg(head, *overrides):
     return load_config(
         DetectionConfig,
         None,
-        [f"model.head={head}", "model.backbone.name=r18", "model.fpn_channels=32", "model.roi_heads.fc_dim=32", *overrides],
+        [
+            f"model.head={head}",
+            "model.backbone.name=r18",
+            "model.fpn_channels=32",
+            "model.roi_heads.fc_dim=32",
+            *overrides,
+        ],
     )
 
 
 def test_anchor_round_and_nominal_strides_give_detectron2s_anchors(detectron2_path):
     from detectron2.config import get_cfg
-    from detectron2.modeling.anchor_generator import DefaultAnchorGenerator
     from detectron2.layers import ShapeSpec as D2ShapeSpec
+    from detectron2.modeling.anchor_generator import DefaultAnchorGenerator
     from torchvision.models.detection.image_list import ImageList
 
     sizes = [[32], [64], [128], [256], [512]]
@@ -214,7 +224,7 @@ def test_anchor_round_and_nominal_strides_give_detectron2s_anchors(detectron2_pa
     rounded = anchors("model.anchors.nominal_strides=true")
     assert torch.equal(rounded, rounded.round()) and not torch.equal(rounded, expected)
     inferred = anchors("model.anchors.round=false")  # p6: 160 // 3 = 53 px apart, not 64
-    assert torch.equal(inferred[: -60], expected[: -60]) and not torch.equal(inferred, expected)
+    assert torch.equal(inferred[:-60], expected[:-60]) and not torch.equal(inferred, expected)
 
 
 def test_c4_anchor_order_is_mapped(detectron2_path):
@@ -258,7 +268,12 @@ def test_pooler_aligned_is_roialignv2(detectron2_path, head):
     theirs = ROIPooler(resolution, [1.0 / s for s in strides], 0, "ROIAlignV2")(features, [Boxes(boxes)])
 
     def pooled(aligned):
-        model = build_detector(tiny_cfg(head, f"model.roi_heads.pooler_aligned={aligned}", f"model.roi_heads.pooler_resolution={resolution}"), 3)
+        model = build_detector(
+            tiny_cfg(
+                head, f"model.roi_heads.pooler_aligned={aligned}", f"model.roi_heads.pooler_resolution={resolution}"
+            ),
+            3,
+        )
         names = ["p2", "p3", "p4", "p5"] if head == "fpn" else ["c4"]
         return model.roi_heads.box_roi_pool(dict(zip(names, features)), [boxes], [(HEIGHT, WIDTH)])
 

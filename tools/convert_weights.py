@@ -31,9 +31,13 @@ def parse_args(argv=None):
     direction.add_argument("--from", dest="source", choices=("detectron2",), help="convert a detectron2 checkpoint")
     direction.add_argument("--to", dest="target", choices=("detectron2",), help="convert a run folder of ours")
     parser.add_argument("checkpoint", nargs="?", metavar="IN", help="--from: the detectron2 checkpoint (.pkl or .pth)")
-    parser.add_argument("--config", metavar="D2_YAML", help="--from: the detectron2 config the checkpoint was trained with")
+    parser.add_argument(
+        "--config", metavar="D2_YAML", help="--from: the detectron2 config the checkpoint was trained with"
+    )
     parser.add_argument("--run", metavar="DIR", help="--to: our run folder (its newest checkpoint)")
-    parser.add_argument("--output", required=True, metavar="DIR", help="the run folder (--from) or the export folder (--to)")
+    parser.add_argument(
+        "--output", required=True, metavar="DIR", help="the run folder (--from) or the export folder (--to)"
+    )
     add_trust_arg(parser)
     return parser.parse_args(argv)
 

@@ -82,7 +82,9 @@ def _check_detection_model(cfg: DictConfig) -> None:
     if fmt.pixel_std is not None and min(fmt.pixel_std) <= 0:
         raise ConfigError(f"model.input_format.pixel_std={list(fmt.pixel_std)} must be positive (0..255 scale)")
     if model.roi_heads.min_box_size < 0:
-        raise ConfigError(f"model.roi_heads.min_box_size={model.roi_heads.min_box_size}: give 0 (keep all) or more pixels")
+        raise ConfigError(
+            f"model.roi_heads.min_box_size={model.roi_heads.min_box_size}: give 0 (keep all) or more pixels"
+        )
     for key, node in (("rpn", model.rpn), ("roi_heads", model.roi_heads)):
         weights = list(node.box_reg_weights)
         if len(weights) != 4 or min(weights) <= 0:

@@ -127,7 +127,9 @@ def detectron2_config_from_ours(cfg, meta: Dict, weights: Path, stride_in_1x1: b
             "ResNet is r18..r152 with shortcut B and a batch norm; plain nets, shortcuts A/C and GroupNorm do not export"
         )
     if head == "c4" and depth in (18, 34):
-        raise ConfigError(f"model.head=c4 with {backbone.name}: detectron2's Res5ROIHeads builds bottleneck blocks only")
+        raise ConfigError(
+            f"model.head=c4 with {backbone.name}: detectron2's Res5ROIHeads builds bottleneck blocks only"
+        )
     differ = []
     if model_cfg.anchors.round:
         differ.append("model.anchors.round=true (detectron2's are unrounded)")
