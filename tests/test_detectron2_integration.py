@@ -52,7 +52,7 @@ def test_builders_are_registered_and_the_recipes_select_them(d2):
         ({"NAME": "r18"}, None),
         ({"NAME": "plain34"}, None),
         ({"NAME": "r50", "SHORTCUT": "A", "STRIDE_IN_1X1": False}, (1, 2)),
-        ({"NAME": "r101", "SHORTCUT": "C", "NORM": "gn"}, (2, 1)),
+        ({"NAME": "r34", "SHORTCUT": "C", "NORM": "gn"}, None),
         ({"NAME": "r152", "NORM": "bn"}, (2, 1)),
     ],
 )
@@ -74,7 +74,11 @@ def test_backbones_keep_detectron2s_contract(d2, options, strides):
     body = c4.body
     block = body.layer2[0]
     assert body.arch == options["NAME"]
-    assert (block.downsample is None) == options["NAME"].startswith("plain") or options.get("SHORTCUT") == "A"
+    shortcut = type(block.downsample).__name__ if block.downsample is not None else None
+    expected = {"A": "ZeroPadShortcut"}.get(options.get("SHORTCUT"), "Sequential")
+    assert shortcut == (None if options["NAME"].startswith("plain") else expected)
+    if options.get("SHORTCUT") == "C":
+        assert body.layer2[1].downsample is not None  # projections on every block
     if strides:
         assert (block.conv1.stride[0], block.conv2.stride[0]) == strides
     norm = {"gn": torch.nn.GroupNorm, "bn": torch.nn.BatchNorm2d}.get(options.get("NORM"))
