@@ -347,3 +347,32 @@ def test_box_reg_weights_decode_as_detectron2(detectron2_path):
         torch.testing.assert_close(coder.decode_single(deltas, boxes), theirs)
         default = Box2BoxTransform((1, 1, 1, 1)).apply_deltas(deltas, boxes)
         assert not torch.allclose(coder.decode_single(deltas, boxes), default)
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        (
+            "model.rpn.box_reg_weights=[1, 1, 1]",
+            r"model.rpn.box_reg_weights=\[1.0, 1.0, 1.0\]: give 4 positive weights",
+        ),
+        ("model.roi_heads.box_reg_weights=[10, 10, 0, 5]", r"model.roi_heads.box_reg_weights=.*: give 4 positive"),
+        ("model.roi_heads.min_box_size=-1", r"model.roi_heads.min_box_size=-1.0: give 0 \(keep all\) or more pixels"),
+    ],
+)
+def test_bad_option_values_are_one_line(override, message):
+    from resnet_det.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=message):
+        load_config(DetectionConfig, None, [override])
+
+
+def test_min_box_size_keeps_slivers():
+    """0 keeps a detection clipped to a sliver of the border (detectron2); torchvision's 0.01 drops it."""
+    proposals = [torch.tensor([[10.0, 0.0, 50.0, 0.005], [10.0, 10.0, 50.0, 40.0]])]
+    logits, deltas = torch.tensor([[0.0, 1.0], [0.0, 1.0]]), torch.zeros(2, 8)
+    kept = {}
+    for size in (0.0, 0.01):
+        heads = build_detector(tiny_cfg("c4", f"model.roi_heads.min_box_size={size}"), 1).roi_heads
+        kept[size] = len(heads.postprocess_detections(logits, deltas, proposals, [(64, 64)])[0][0])
+    assert kept == {0.0: 2, 0.01: 1}
