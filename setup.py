@@ -29,5 +29,15 @@ setup(
         "test": ["pytest", "pytest-timeout", "hypothesis", "tidecv>=1.0,<2", "faster-coco-eval>=1.6,<2"],
         "lint": ["ruff", "mypy"],
         "fast-eval": ["faster-coco-eval>=1.6,<2"],
+        # detectron2's pure-Python dependencies; detectron2 itself installs from its repository:
+        # pip install 'git+https://github.com/facebookresearch/detectron2.git'
+        "detectron2": [
+            "fvcore>=0.1.5",
+            "iopath>=0.1.7,<0.2",
+            "yacs>=0.1.8",
+            "tabulate",
+            "termcolor>=1.1",
+            "cloudpickle",
+        ],
     },
 )

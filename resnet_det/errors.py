@@ -33,6 +33,10 @@ class EvaluationError(ResnetDetError):
     """Results or ground truth that cannot be evaluated together."""
 
 
+class MissingDependencyError(ResnetDetError, ImportError):
+    """An optional library (detectron2) that a feature needs is not installed; says how to install it."""
+
+
 # Errors that the tools turn into a one-line message. BackboneError lives in ``backbones`` so
 # that the backbone package stays usable on its own.
 USER_ERRORS = (ResnetDetError, BackboneError)

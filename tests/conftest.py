@@ -17,3 +17,21 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"{SHARED_DATA} is absent: the real COCO/VOC mini datasets live beside the project in CI")
     return SHARED_DATA
+
+
+# detectron2's pure-Python source beside the project (../shared/vendor); CI has it, and installs its
+# Python dependencies from requirements.txt.
+DETECTRON2_SOURCE = REPO.parent / "shared" / "vendor" / "detectron2"
+
+
+@pytest.fixture(scope="session")
+def detectron2_path():
+    """Put detectron2 on the path (an installed one wins); skip where there is none."""
+    import importlib.util
+    import sys
+
+    if importlib.util.find_spec("detectron2") is None:
+        if not (DETECTRON2_SOURCE / "detectron2").is_dir():
+            pytest.skip(f"detectron2 is not installed and {DETECTRON2_SOURCE} is absent")
+        sys.path.insert(0, str(DETECTRON2_SOURCE))
+    return DETECTRON2_SOURCE

@@ -1,11 +1,12 @@
 """Imports only go down the layers, including the ones hidden inside functions.
 
-    backbones <- utils <- config <- data, modeling, evaluation <- engine <- tools
+    backbones <- utils <- config <- data, modeling, evaluation <- engine <- integrations <- tools
 
 ``utils`` is ``resnet_det.utils`` plus ``resnet_det.errors`` (the error types every layer raises);
 ``tools`` is ``tools/`` plus ``resnet_det.cli`` (their argument parsing). data, modeling and
 evaluation are siblings: none imports another, so each can be read, tested and replaced on its own;
-the engine is where they meet. ``backbones`` imports nothing of ``resnet_det``.
+the engine is where they meet. ``integrations`` (bridges to other libraries) sit on the engine.
+``backbones`` imports nothing of ``resnet_det``.
 """
 
 import ast
@@ -26,7 +27,8 @@ ALLOWED = {
     "modeling": BELOW_MIDDLE | {"modeling"},
     "evaluation": BELOW_MIDDLE | {"evaluation"},
     "engine": BELOW_MIDDLE | {"data", "modeling", "evaluation", "engine"},
-    "tools": BELOW_MIDDLE | {"data", "modeling", "evaluation", "engine", "tools"},
+    "integrations": BELOW_MIDDLE | {"data", "modeling", "evaluation", "engine", "integrations"},
+    "tools": BELOW_MIDDLE | {"data", "modeling", "evaluation", "engine", "integrations", "tools"},
 }
 
 

@@ -48,6 +48,11 @@ class AnchorConfig:
     # One tuple of sizes per feature map: C4 uses one map, FPN one per level (p2..p6).
     sizes: List[List[int]] = field(default_factory=lambda: [[32, 64, 128, 256, 512]])
     aspect_ratios: List[float] = field(default_factory=lambda: [0.5, 1.0, 2.0])
+    # Corners rounded to whole pixels (torchvision's); false = exact (detectron2's, offset 0).
+    round: bool = True
+    # Anchors at each map's stride (detectron2's); false = the padded image side // the map's side,
+    # floored (torchvision's: 56, not 64, on FPN's p6 where a side is not a multiple of 64).
+    nominal_strides: bool = False
 
 
 @dataclass
@@ -61,12 +66,16 @@ class RPNConfig:
     bg_iou_thresh: float = 0.3
     batch_size_per_image: int = 256
     positive_fraction: float = 0.5
+    # (wx, wy, ww, wh): the scale of the box deltas the RPN predicts (both libraries': 1, 1, 1, 1).
+    box_reg_weights: List[float] = field(default_factory=lambda: [1.0, 1.0, 1.0, 1.0])
 
 
 @dataclass
 class RoIHeadsConfig:
     pooler: Literal["roi_align", "roi_pool"] = "roi_align"  # roi_pool: the paper's
     pooler_resolution: int = 14  # C4: 14 then res5 strides to 7; FPN: 7
+    # roi_align with aligned=True (detectron2's ROIAlignV2: pixel centres, not corners, on the grid).
+    pooler_aligned: bool = False
     sampling_ratio: int = 0
     batch_size_per_image: int = 512
     positive_fraction: float = 0.25
@@ -75,7 +84,12 @@ class RoIHeadsConfig:
     score_thresh: float = 0.05
     nms_thresh: float = 0.5
     detections_per_image: int = 100
+    # Detections with a side under this many pixels (after clipping) are dropped: torchvision's
+    # 0.01; detectron2 keeps all (0).
+    min_box_size: float = 0.01
     fc_dim: int = 1024  # FPN's 2-fc box head
+    # (wx, wy, ww, wh): the scale of the box deltas the box predictor outputs (both libraries': 10, 10, 5, 5).
+    box_reg_weights: List[float] = field(default_factory=lambda: [10.0, 10.0, 5.0, 5.0])
 
 
 @dataclass

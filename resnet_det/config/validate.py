@@ -83,6 +83,17 @@ def _check_detection_model(cfg: DictConfig) -> None:
             raise ConfigError(f"model.input_format.{key}={list(values)} needs 3 values (one per channel, 0..255 scale)")
     if fmt.pixel_std is not None and min(fmt.pixel_std) <= 0:
         raise ConfigError(f"model.input_format.pixel_std={list(fmt.pixel_std)} must be positive (0..255 scale)")
+    if model.roi_heads.min_box_size < 0:
+        raise ConfigError(
+            f"model.roi_heads.min_box_size={model.roi_heads.min_box_size}: give 0 (keep all) or more pixels"
+        )
+    for key, node in (("rpn", model.rpn), ("roi_heads", model.roi_heads)):
+        weights = list(node.box_reg_weights)
+        if len(weights) != 4 or min(weights) <= 0:
+            raise ConfigError(
+                f"model.{key}.box_reg_weights={weights}: give 4 positive weights (wx, wy, ww, wh), e.g. "
+                f"{[1.0, 1.0, 1.0, 1.0] if key == 'rpn' else [10.0, 10.0, 5.0, 5.0]}"
+            )
 
 
 # Per format of datasets.custom: the fields it needs, and those it may take (what each one is).

@@ -17,16 +17,18 @@ from typing import Dict, List, Sequence, Tuple
 import torch
 from omegaconf import DictConfig
 from torch import Tensor
-from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection._utils import BoxCoder
 from torchvision.models.detection.faster_rcnn import FasterRCNN, FastRCNNPredictor
 from torchvision.models.detection.rpn import RPNHead
-from torchvision.ops import MultiScaleRoIAlign, roi_pool
+from torchvision.ops import MultiScaleRoIAlign, roi_align, roi_pool
 from torchvision.ops.poolers import LevelMapper
 
 from backbones import build_backbone
 from resnet_det.errors import ConfigError
 from resnet_det.modeling import backbone_weights, c4_head, fpn  # noqa: F401  (register the kinds and heads)
+from resnet_det.modeling.anchors import AnchorGenerator
 from resnet_det.modeling.heads import HEADS
+from resnet_det.modeling.roi_heads import RoIHeads
 from resnet_det.modeling.torchvision_weights import check_model_config
 from resnet_det.modeling.transform import DetectionTransform, resolve_input_format
 
@@ -58,14 +60,32 @@ class MultiScaleRoIPool(MultiScaleRoIAlign):
         return pooled.to(feature.dtype)
 
 
-def build_box_pooler(kind: str, strides: Dict[str, int], resolution: int, sampling_ratio: int) -> MultiScaleRoIAlign:
-    """RoIAlign or RoI pooling over the named feature maps, each RoI on one level (FPN eq. 1).
+class MultiScaleRoIAlignV2(MultiScaleRoIAlign):
+    """RoIAlign with ``aligned=True`` (detectron2's ``ROIAlignV2``): a box's corners are shifted by
+    half a cell, so that a pixel's centre, not its corner, maps to its feature-map cell. torchvision's
+    ``MultiScaleRoIAlign`` has no such switch; the level assignment is ``MultiScaleRoIPool``'s."""
+
+    forward = MultiScaleRoIPool.forward
+
+    def _pool(self, feature: Tensor, rois: Tensor, scale: float) -> Tensor:
+        pooled = roi_align(feature.float(), rois.float(), self.output_size, scale, self.sampling_ratio, aligned=True)
+        return pooled.to(feature.dtype)
+
+
+def build_box_pooler(
+    kind: str, strides: Dict[str, int], resolution: int, sampling_ratio: int, aligned: bool = False
+) -> MultiScaleRoIAlign:
+    """RoIAlign (``aligned``: detectron2's RoIAlignV2) or RoI pooling over the named feature maps,
+    each RoI on one level (FPN eq. 1).
 
     The strides are known, so the scales are set here rather than inferred by torchvision from the
     first batch's image sizes (a rounding that goes wrong on images a few strides wide).
     """
     names = list(strides)
-    cls = MultiScaleRoIAlign if kind == "roi_align" else MultiScaleRoIPool
+    if kind == "roi_align":
+        cls = MultiScaleRoIAlignV2 if aligned else MultiScaleRoIAlign
+    else:
+        cls = MultiScaleRoIPool
     pooler = cls(names, resolution, sampling_ratio)
     pooler.scales = [1.0 / strides[n] for n in names]
     pooler.map_levels = LevelMapper(int(math.log2(strides[names[0]])), int(math.log2(strides[names[-1]])))
@@ -133,7 +153,8 @@ def build_detector(cfg: DictConfig, num_classes: int) -> FasterRCNN:
 
     sizes = anchor_sizes(model_cfg.anchors.sizes, len(head.rpn_features))
     ratios = (tuple(float(a) for a in model_cfg.anchors.aspect_ratios),) * len(sizes)
-    anchors = AnchorGenerator(sizes, ratios)
+    anchor_strides = [shapes[name].stride for name in head.rpn_features] if model_cfg.anchors.nominal_strides else None
+    anchors = AnchorGenerator(sizes, ratios, round_anchors=model_cfg.anchors.round, strides=anchor_strides)
     rpn_head = RPNHead(head.features.out_channels, anchors.num_anchors_per_location()[0])
     pooled_strides = OrderedDict((name, shapes[name].stride) for name in head.pooled_features)
 
@@ -153,7 +174,7 @@ def build_detector(cfg: DictConfig, num_classes: int) -> FasterRCNN:
         rpn_batch_size_per_image=rpn_cfg.batch_size_per_image,
         rpn_positive_fraction=rpn_cfg.positive_fraction,
         box_roi_pool=build_box_pooler(
-            roi_cfg.pooler, pooled_strides, roi_cfg.pooler_resolution, roi_cfg.sampling_ratio
+            roi_cfg.pooler, pooled_strides, roi_cfg.pooler_resolution, roi_cfg.sampling_ratio, roi_cfg.pooler_aligned
         ),
         box_head=head.box_head,
         box_predictor=FastRCNNPredictor(head.box_dim, num_classes + 1),
@@ -164,6 +185,22 @@ def build_detector(cfg: DictConfig, num_classes: int) -> FasterRCNN:
         box_bg_iou_thresh=roi_cfg.bg_iou_thresh,
         box_batch_size_per_image=roi_cfg.batch_size_per_image,
         box_positive_fraction=roi_cfg.positive_fraction,
+    )
+    model.rpn.box_coder = BoxCoder(tuple(float(w) for w in rpn_cfg.box_reg_weights))
+    tv_heads = model.roi_heads
+    model.roi_heads = RoIHeads(
+        tv_heads.box_roi_pool,
+        tv_heads.box_head,
+        tv_heads.box_predictor,
+        roi_cfg.fg_iou_thresh,
+        roi_cfg.bg_iou_thresh,
+        roi_cfg.batch_size_per_image,
+        roi_cfg.positive_fraction,
+        tuple(float(w) for w in roi_cfg.box_reg_weights),
+        roi_cfg.score_thresh,
+        roi_cfg.nms_thresh,
+        roi_cfg.detections_per_image,
+        min_box_size=roi_cfg.min_box_size,
     )
     model.transform = DetectionTransform(input_format, size_divisible=cfg.input.size_divisibility)
     model.backbone_input_format = input_format
