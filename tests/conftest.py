@@ -17,3 +17,11 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"{SHARED_DATA} is absent: the real COCO/VOC mini datasets live beside the project in CI")
     return SHARED_DATA
+
+
+@pytest.fixture(autouse=True)
+def records_cache_folder(tmp_path_factory, monkeypatch) -> Path:
+    """Each test caches dataset records in a folder of its own, never in the user's ~/.cache."""
+    folder = tmp_path_factory.mktemp("records_cache")
+    monkeypatch.setenv("RESNET_DET_CACHE", str(folder))
+    return folder

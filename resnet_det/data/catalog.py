@@ -10,17 +10,22 @@ A user's COCO-format data is registered by ``register_coco_instances``, or from 
 ``datasets.custom`` by ``register_from_config``.
 
 ``get_dataset`` returns ``(records, metadata)`` as the "Dataset records" contract of
-docs/architecture.md says, after the bad-record policies of ``sanitize.py``; what they fixed or
+docs/architecture.md says, after the bad-record policies of ``sanitize.py``; the records are a
+``RecordStore`` (``records.py``: compact, shared by loader workers without copies), cached per
+machine for the COCO-format datasets (``records_cache.py``); what they fixed or
 skipped is in ``metadata["sanitize_counts"]`` (a ``SanitizeReport``: a dict of counts with a
 ``summary()`` line and ``to_dict()`` for ``data_report.json``).
 """
 
+import functools
 import os
 from pathlib import Path
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from backbones import Registry
-from resnet_det.data.coco import load_coco_json
+from resnet_det.data import records_cache
+from resnet_det.data.coco import read_coco_json
+from resnet_det.data.records import RecordStore
 from resnet_det.data.sanitize import BadRecordPolicy, RecordSanitizer
 from resnet_det.data.shapes import DETECTION_IMAGES, ensure_shapes_detection
 from resnet_det.data.voc import VOC_CLASSES, load_voc_split
@@ -29,7 +34,7 @@ from resnet_det.errors import DatasetError
 DATASETS_ENV = "RESNET_DET_DATASETS"
 
 # loader_fn(root, sanitizer) -> (records, metadata read from the files, e.g. class_names).
-LoaderFn = Callable[[Path, RecordSanitizer], Tuple[List[dict], dict]]
+LoaderFn = Callable[[Path, RecordSanitizer], Tuple[Iterable[dict], dict]]
 
 # name -> (loader_fn, metadata given at registration).
 DATASETS: Registry[Tuple[LoaderFn, dict]] = Registry(
@@ -42,37 +47,60 @@ def dataset_root(root: Optional[os.PathLike] = None) -> Path:
     return Path(root or os.environ.get(DATASETS_ENV) or "datasets").expanduser()
 
 
-def register_dataset(name: str, loader_fn: LoaderFn, **metadata) -> None:
+def register_dataset(
+    name: str, loader_fn: LoaderFn, cache_sources: Optional[Callable[[Path], Sequence[Path]]] = None, **metadata
+) -> None:
     """Register ``loader_fn(root, sanitizer) -> (records, metadata)`` under ``name`` (in ``DATASETS``).
 
     ``metadata`` given here (e.g. ``evaluator="voc"``) is merged over what the loader returns.
     The loader should call ``sanitizer.unknown_category`` for boxes of categories it cannot map;
-    everything else (ids, files, boxes) is checked on its records afterwards.
+    everything else (ids, files, boxes) is checked on its records afterwards. ``records`` may be
+    any iterable of record dicts (a generator is compacted as it goes). With ``cache_sources(root)``
+    (the files and folders the records are made from), the records are cached and read back
+    memory-mapped by later runs and the other processes of the machine (``records_cache``).
     """
     DATASETS.register(name, (loader_fn, metadata))
+    _CACHE_SOURCES.pop(name, None)
+    if cache_sources is not None:
+        _CACHE_SOURCES[name] = cache_sources
+
+
+# name -> cache_sources(root), for the datasets whose records are cached.
+_CACHE_SOURCES: Dict[str, Callable[[Path], Sequence[Path]]] = {}
 
 
 def list_datasets() -> List[str]:
     return DATASETS.names()
 
 
-def get_dataset(name: str, root: Optional[os.PathLike] = None, policy=None) -> Tuple[List[dict], dict]:
-    """Read dataset ``name`` under the data root; bad records are handled by ``policy``: a
-    ``BadRecordPolicy``, or ``cfg.datasets`` itself; None = the schema's defaults."""
+def get_dataset(name: str, root: Optional[os.PathLike] = None, policy=None) -> Tuple[RecordStore, dict]:
+    """Read dataset ``name`` under the data root into a ``RecordStore``; bad records are handled by
+    ``policy``: a ``BadRecordPolicy``, or ``cfg.datasets`` itself; None = the schema's defaults."""
     loader_fn, registered = DATASETS.get(name)
     if policy is None:
         policy = BadRecordPolicy.default()
     elif not isinstance(policy, BadRecordPolicy):
         policy = BadRecordPolicy.from_config(policy)
-    sanitizer = RecordSanitizer(policy)
-    records, found = loader_fn(dataset_root(root), sanitizer)
-    metadata = {"name": name, **found, **registered}
-    records = sanitizer.clean(records, len(metadata["class_names"]), metadata.get("annotations_file", name))
-    metadata["sanitize_counts"] = sanitizer.report
-    return records, metadata
+    data_root = dataset_root(root)
+
+    def build() -> Tuple[RecordStore, dict]:
+        sanitizer = RecordSanitizer(policy)
+        records, found = loader_fn(data_root, sanitizer)
+        metadata = {"name": name, **found, **registered}
+        source = metadata.get("annotations_file", name)
+        store = RecordStore.from_records(sanitizer.iter_clean(records, len(metadata["class_names"]), source))
+        metadata["sanitize_counts"] = sanitizer.report
+        return store, metadata
+
+    folder, sources_of = records_cache.cache_dir(), _CACHE_SOURCES.get(name)
+    sources = sources_of(data_root) if sources_of is not None and folder is not None else None
+    if not sources or not all(Path(p).exists() for p in sources):
+        return build()  # not cached, or a file is missing: the loader says which
+    store, metadata = records_cache.load_or_build(folder, name, sources, policy, build)
+    return store, {**metadata, "name": name, **registered}
 
 
-def get_datasets(names: Sequence[str], root: Optional[os.PathLike] = None, policy=None) -> Tuple[List[dict], dict]:
+def get_datasets(names: Sequence[str], root: Optional[os.PathLike] = None, policy=None) -> Tuple[RecordStore, dict]:
     """Several datasets with the same classes as one (e.g. ``datasets.train``); the metadata is the
     first dataset's, with ``name`` joined by ``+`` and the sanitize reports merged."""
     if not names:
@@ -84,7 +112,7 @@ def get_datasets(names: Sequence[str], root: Optional[os.PathLike] = None, polic
             raise DatasetError(
                 f"datasets {metadata['name']} and {name} have different classes; train on datasets that share them"
             )
-        records = records + more
+        records = RecordStore.concat([records, more])
         metadata["sanitize_counts"].merge(meta["sanitize_counts"])
         metadata["name"] = f"{metadata['name']}+{name}"
     return records, metadata
@@ -113,9 +141,9 @@ def register_coco_instances(name: str, images_dir: os.PathLike, annotations_json
             raise DatasetError(f"annotations of dataset '{name}' not found: {annotations_json}; {fix}.annotations")
         if not images_dir.is_dir():
             raise DatasetError(f"images of dataset '{name}' not found: {images_dir}; {fix}.images")
-        return load_coco_json(annotations_json, images_dir, sanitizer)
+        return read_coco_json(annotations_json, images_dir, sanitizer)
 
-    register_dataset(name, load, **files)
+    register_dataset(name, load, cache_sources=lambda root: [annotations_json, images_dir], **files)
 
 
 def register_from_config(datasets_cfg) -> None:
@@ -124,14 +152,18 @@ def register_from_config(datasets_cfg) -> None:
         register_coco_instances(name, entry.images, entry.annotations)
 
 
+def _coco_2017_files(split: str, root: Path) -> List[Path]:
+    """The annotation file and the images folder of COCO 2017 ``split`` under ``root``."""
+    return [root / "coco" / "annotations" / f"instances_{split}2017.json", root / "coco" / f"{split}2017"]
+
+
 def _coco_2017(split: str) -> LoaderFn:
     def load(root: Path, sanitizer: RecordSanitizer):
         coco = root / "coco"
-        annotations = coco / "annotations" / f"instances_{split}2017.json"
-        images = coco / f"{split}2017"
+        annotations, images = _coco_2017_files(split, root)
         require_path(annotations, "COCO annotations", f"download the COCO 2017 annotations and unzip them into {coco}/")
         require_path(images, "COCO images", f"download {split}2017.zip and unzip it into {coco}/", is_dir=True)
-        return load_coco_json(annotations, images, sanitizer)
+        return read_coco_json(annotations, images, sanitizer)
 
     return load
 
@@ -175,13 +207,15 @@ def _shapes(split: str) -> LoaderFn:
         annotations = folder / "annotations" / f"instances_{split}.json"
         if not annotations.is_file():
             raise DatasetError(f"{annotations} is missing: {folder} is incomplete; delete it to generate it again")
-        return load_coco_json(annotations, folder / split, sanitizer)
+        return read_coco_json(annotations, folder / split, sanitizer)
 
     return load
 
 
 for _split in ("train", "val"):
-    register_dataset(f"coco_2017_{_split}", _coco_2017(_split))
+    register_dataset(
+        f"coco_2017_{_split}", _coco_2017(_split), cache_sources=functools.partial(_coco_2017_files, _split)
+    )
 register_dataset("voc_2007_trainval", _voc([("2007", "trainval")]))
 register_dataset("voc_2007_test", _voc([("2007", "test")]))
 register_dataset("voc_2012_trainval", _voc([("2012", "trainval")]))

@@ -16,7 +16,7 @@ import dataclasses
 import math
 import os
 from collections import Counter
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, Iterable, Iterator, List, Optional, Sequence
 
 from resnet_det.config.defaults import DatasetsConfig
 from resnet_det.config.validate import BAD_RECORD_CHOICES, check_bad_record_action
@@ -71,6 +71,14 @@ class SanitizeReport(Counter):
     def __init__(self):
         super().__init__()
         self.examples: Dict[str, str] = {}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "SanitizeReport":
+        """The report that ``to_dict`` wrote (as the records cache keeps it)."""
+        report = cls()
+        report.update(data["counts"])
+        report.examples.update(data["examples"])
+        return report
 
     def add(self, kind: str, action: str, example: str) -> None:
         key = f"{kind} {action}"
@@ -133,11 +141,14 @@ class RecordSanitizer:
             "fix the annotation or add the category",
         )
 
-    def clean(self, records: List[dict], num_classes: int, source: str) -> List[dict]:
+    def clean(self, records: Iterable[dict], num_classes: int, source: str) -> List[dict]:
         """The records that survive the policy, boxes clipped where allowed (new dicts);
         ``source`` (the annotation file or the dataset name) starts every message."""
+        return list(self.iter_clean(records, num_classes, source))
+
+    def iter_clean(self, records: Iterable[dict], num_classes: int, source: str) -> Iterator[dict]:
+        """``clean`` one record at a time, for a ``RecordStore`` to compact as they come."""
         seen: Dict[int, str] = {}
-        out = []
         for i, record in enumerate(records):
             _check_fields(record, i, source)
             image_id, file_name = record["image_id"], record["file_name"]
@@ -160,8 +171,7 @@ class RecordSanitizer:
                 box = self._clean_box(ann, f"{source}: image {image_id} ({file_name}) box {j}", record, num_classes)
                 if box is not None:
                     annotations.append({**ann, "bbox": box})
-            out.append({**record, "annotations": annotations})
-        return out
+            yield {**record, "annotations": annotations}
 
     def _clean_box(self, ann: dict, where: str, record: dict, num_classes: int) -> Optional[List[float]]:
         label = ann["label"]
