@@ -69,21 +69,31 @@ _ANNOTATION_FIELDS = {
 }
 
 
-# A polygon segmentation: a list of lists of numbers. The key only occurs as a key (a string inside
-# a string has its quotes escaped), and its value ends at the last ']' before the next key or '}'.
-# RLE segmentations (objects, crowd regions) are left to the parser.
-_POLYGONS = re.compile(rb'"segmentation"\s*:\s*\[[-+0-9.eE,\s\[\]]*\]')
+# What no box detector needs, cut out of the file's bytes before it is parsed: polygon
+# segmentations (lists of lists of numbers: most of a COCO file), areas, and the images' URLs and
+# dates. A key token followed by ':' only occurs as a key (quotes inside strings are escaped), and
+# each value pattern stops where the value does (at the ',' or '}' that follows it); a value of
+# another form (an RLE segmentation object, an escaped string) is left to the parser.
+_UNUSED_VALUE = (
+    rb'"(?:segmentation"\s*:\s*\[[-+0-9.eE,\s\[\]]*\]'
+    rb'|area"\s*:\s*[-+0-9.eE]+'
+    rb'|(?:coco_url|flickr_url|date_captured)"\s*:\s*"[^"\\]*")'
+)
+# With the comma before it; or, first in its object, with those that follow it and the comma after.
+_UNUSED = re.compile(
+    rb",\s*" + _UNUSED_VALUE + rb"|(?<=\{)\s*" + _UNUSED_VALUE + rb"(?:\s*,\s*" + _UNUSED_VALUE + rb")*\s*,?"
+)
 
 
 def _read_without_polygons(path: Path) -> Any:
-    """The parsed JSON of a COCO file with its polygons left out before parsing: in COCO they are
-    most of the file and no box detector needs them (they would be most of the parsed objects)."""
+    """The parsed JSON of a COCO file, ``_UNUSED`` cut out of it first: the polygons are most of a
+    COCO file, and parsed they would be most of the memory of loading it."""
     check_json_size(path, DatasetError)
     try:
         raw = path.read_bytes()
     except OSError:
         return read_json(path, "annotation file", DatasetError)  # its one-line error
-    stripped = _POLYGONS.sub(b'"segmentation":[]', raw)
+    stripped = _UNUSED.sub(b"", raw)
     del raw
     try:
         return orjson.loads(stripped)

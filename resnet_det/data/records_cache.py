@@ -100,7 +100,9 @@ def write_cache(path: Path, key: str, store: RecordStore, metadata: dict) -> Non
         offset += -(-array.nbytes // _ALIGN) * _ALIGN
     digest = hashlib.sha256()
     for name in COLUMNS:
-        digest.update(np.ascontiguousarray(store.arrays[name]).data)
+        array = np.ascontiguousarray(store.arrays[name])
+        digest.update(array.data)
+        digest.update(b"\0" * (-array.nbytes % _ALIGN))
     header = orjson.dumps(
         {"key": key, "columns": layout, "payload_bytes": offset, "sha256": digest.hexdigest(), **_metadata_json(metadata)}
     )
@@ -126,7 +128,7 @@ def read_cache(path: Path, key: str) -> Built:
     except FileNotFoundError:
         raise StaleCache("absent") from None
     except (OSError, ValueError) as e:  # ValueError: an empty file cannot be mapped
-        raise StaleCache(f"unreadable ({e})") from None
+        raise StaleCache(f"corrupt: it cannot be mapped ({e})") from None
     try:
         if buffer[: len(_MAGIC)] != _MAGIC:
             raise StaleCache("not a records cache of this version (corrupt?)")
@@ -137,16 +139,14 @@ def read_cache(path: Path, key: str) -> Built:
         start = -(-(len(_MAGIC) + 8 + size) // _ALIGN) * _ALIGN
         if len(buffer) != start + header["payload_bytes"]:
             raise StaleCache(f"corrupt: {len(buffer)} bytes, expected {start + header['payload_bytes']} (truncated?)")
+        if hashlib.sha256(memoryview(buffer)[start:]).hexdigest() != header["sha256"]:
+            raise StaleCache("corrupt: its checksum does not match")
         arrays: Dict[str, np.ndarray] = {}
-        digest = hashlib.sha256()
         for name in COLUMNS:
             spec = header["columns"][name]
-            dtype = np.dtype(spec["dtype"])
             count = int(np.prod(spec["shape"]))
-            arrays[name] = np.frombuffer(buffer, dtype, count, start + spec["offset"]).reshape(spec["shape"])
-            digest.update(arrays[name].data)
-        if digest.hexdigest() != header["sha256"]:
-            raise StaleCache("corrupt: its checksum does not match")
+            arrays[name] = np.frombuffer(buffer, np.dtype(spec["dtype"]), count, start + spec["offset"])
+            arrays[name] = arrays[name].reshape(spec["shape"])
         metadata = header["metadata"]
         if "label_to_category_id" in metadata:
             metadata["label_to_category_id"] = {k: v for k, v in metadata["label_to_category_id"]}

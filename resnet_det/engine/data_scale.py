@@ -35,6 +35,7 @@ from resnet_det.data.transforms import TrainAugmentation
 COCO_CATEGORY_IDS = [i for i in range(1, 91) if i not in (12, 26, 29, 30, 45, 66, 68, 69, 71, 83)]
 _POLYGON_POINTS = 12
 _CHUNK = 20_000
+_LINKS_PER_FILE = 60_000
 
 
 def write_coco_like(path: Path, images: int, boxes: int, polygons: bool = True, seed: int = 0) -> Path:
@@ -97,15 +98,18 @@ def write_coco_like(path: Path, images: int, boxes: int, polygons: bool = True, 
 
 
 def link_images(folder: Path, images: int) -> Path:
-    """``folder`` holding the images of ``write_coco_like`` as hard links to one 8x8 PNG."""
+    """``folder`` holding the images of ``write_coco_like`` as hard links to a few 8x8 PNGs
+    (a filesystem allows some 65,000 links to one file)."""
     import cv2
 
     folder.mkdir(parents=True, exist_ok=True)
-    first = folder / f"{0:012d}.jpg"
-    cv2.imwrite(str(folder / "one.png"), np.zeros((8, 8, 3), np.uint8))
-    os.replace(folder / "one.png", first)
-    for i in range(1, images):
-        os.link(first, folder / f"{i:012d}.jpg")
+    _, png = cv2.imencode(".png", np.zeros((8, 8, 3), np.uint8))
+    for i in range(images):
+        if i % _LINKS_PER_FILE == 0:
+            first = folder / f"{i:012d}.jpg"
+            first.write_bytes(png.tobytes())
+        else:
+            os.link(first, folder / f"{i:012d}.jpg")
     return folder
 
 
