@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from data_fixtures import coco_dict, make_coco, write_image
+
 from resnet_det.data import catalog, records_cache
 from resnet_det.data.build import DetectionTestDataset, DetectionTrainDataset, train_records
 from resnet_det.data.coco import read_coco_json
@@ -198,9 +198,9 @@ def test_the_fast_coco_reader_agrees_with_pycocotools(tmp_path):
     assert len(records) == 300
     for record in records:
         anns = coco.imgToAnns[record["image_id"]]
-        assert [[a["bbox"][0], a["bbox"][1], a["bbox"][0] + a["bbox"][2], a["bbox"][1] + a["bbox"][3]] for a in anns] == [
-            a["bbox"] for a in record["annotations"]
-        ]
+        assert [
+            [a["bbox"][0], a["bbox"][1], a["bbox"][0] + a["bbox"][2], a["bbox"][1] + a["bbox"][3]] for a in anns
+        ] == [a["bbox"] for a in record["annotations"]]
         assert [a["category_id"] for a in anns] == [cat_of[a["label"]] for a in record["annotations"]]
         assert [a["iscrowd"] for a in anns] == [a["iscrowd"] for a in record["annotations"]]
 

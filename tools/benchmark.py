@@ -83,9 +83,7 @@ def parse_args(argv=None):
     parser.add_argument(
         "--boxes", type=int, default=860_001, help="data-scale: boxes in the generated file (default 860001)"
     )
-    parser.add_argument(
-        "--simple-boxes", action="store_true", help="data-scale: boxes without polygon segmentations"
-    )
+    parser.add_argument("--simple-boxes", action="store_true", help="data-scale: boxes without polygon segmentations")
     parser.add_argument(
         "--only",
         nargs="+",

@@ -223,7 +223,12 @@ def build_detection_train_loader(
 
 
 def build_detection_test_loader(
-    cfg, records: Union[RecordStore, Sequence[dict]], *, batch_size: Optional[int] = None, rank: int = 0, world_size: int = 1
+    cfg,
+    records: Union[RecordStore, Sequence[dict]],
+    *,
+    batch_size: Optional[int] = None,
+    rank: int = 0,
+    world_size: int = 1,
 ) -> DataLoader:
     """This rank's contiguous shard of ``records``, in order, resized to the test size.
 

@@ -128,7 +128,9 @@ def read_coco_json(
                 f"{path}: annotation {ann['id']} refers to image_id {ann['image_id']}, not in 'images'; fix or remove it"
             )
         if ann.get("iscrowd", 0) not in (0, 1):
-            raise DatasetError(f"{path}: annotation {ann['id']}: 'iscrowd' is {ann['iscrowd']!r}, expected 0 or 1; fix it")
+            raise DatasetError(
+                f"{path}: annotation {ann['id']}: 'iscrowd' is {ann['iscrowd']!r}, expected 0 or 1; fix it"
+            )
         in_image.append(ann)
     del annotations
 
@@ -154,7 +156,9 @@ def _records(path: Path, images_dir: str, images: list, anns_of: dict, label_of:
                 sanitizer.unknown_category(f"{path}: annotation {ann['id']} (image {img['id']})", ann["category_id"])
                 continue
             x, y, w, h = (float(v) for v in ann["bbox"])
-            anns.append({"bbox": [x, y, x + w, y + h], "label": label, "iscrowd": int(ann.get("iscrowd", 0)), "difficult": 0})
+            anns.append(
+                {"bbox": [x, y, x + w, y + h], "label": label, "iscrowd": int(ann.get("iscrowd", 0)), "difficult": 0}
+            )
         yield {
             "file_name": inside(images_dir, img["file_name"], f"{path}: image {img['id']}"),
             "image_id": img["id"],

@@ -184,9 +184,7 @@ class RecordStore(Sequence):
         box_extras = extra.pop(_ANNOTATION_EXTRAS, None) or [{}] * len(label)
         annotations = [
             {"bbox": b, "label": lab, "iscrowd": c, "difficult": d, **e}
-            for b, lab, c, d, e in zip(
-                bbox.tolist(), label.tolist(), iscrowd.tolist(), difficult.tolist(), box_extras
-            )
+            for b, lab, c, d, e in zip(bbox.tolist(), label.tolist(), iscrowd.tolist(), difficult.tolist(), box_extras)
         ]
         height, width = self.image_size(i)
         record = {"file_name": self.file_name(i), "image_id": int(self._image_id[i]), "height": height}

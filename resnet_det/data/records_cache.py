@@ -79,8 +79,11 @@ def content_key(sources: Sequence[Path]) -> str:
         if source.is_dir():
             h.update(f"dir {source.resolve()} {source.stat().st_mtime_ns}\n".encode())
         else:
+            content = hashlib.sha256()
             with open(source, "rb") as f:
-                h.update(f"file {source.resolve()} ".encode() + hashlib.file_digest(f, "sha256").digest())
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    content.update(block)
+            h.update(f"file {source.resolve()} ".encode() + content.digest())
     return h.hexdigest()
 
 
@@ -104,7 +107,13 @@ def write_cache(path: Path, key: str, store: RecordStore, metadata: dict) -> Non
         digest.update(array.data)
         digest.update(b"\0" * (-array.nbytes % _ALIGN))
     header = orjson.dumps(
-        {"key": key, "columns": layout, "payload_bytes": offset, "sha256": digest.hexdigest(), **_metadata_json(metadata)}
+        {
+            "key": key,
+            "columns": layout,
+            "payload_bytes": offset,
+            "sha256": digest.hexdigest(),
+            **_metadata_json(metadata),
+        }
     )
     start = -(-(len(_MAGIC) + 8 + len(header)) // _ALIGN) * _ALIGN
 

@@ -403,9 +403,7 @@ def run_benchmarks(settings: Settings, only: List[str], log: Callable[[str], Non
     for key in only:
         log(f"measuring {key} ...")
         if key == "data-scale":
-            scale = bench_data_scale(
-                settings.scale_images, settings.scale_boxes, settings.scale_polygons, log=log
-            )
+            scale = bench_data_scale(settings.scale_images, settings.scale_boxes, settings.scale_polygons, log=log)
             for name, value in scale.items():
                 result["figures"][f"data-scale/{name}"] = Figure(name, FIGURE_UNITS[name], [value]).summary()
             continue

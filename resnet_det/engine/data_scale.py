@@ -24,7 +24,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, Optional, Sequence
 
 import numpy as np
 import orjson
@@ -248,4 +248,3 @@ FIGURE_UNITS = {
     "baseline_rss_mb": "MB",
     "file_mb": "MB",
 }
-
