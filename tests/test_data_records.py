@@ -15,9 +15,9 @@ from data_fixtures import coco_dict, make_coco, write_image
 
 from resnet_det.data import catalog, records_cache
 from resnet_det.data.build import DetectionTestDataset, DetectionTrainDataset, train_records
-from resnet_det.data.coco import read_coco_json
+from resnet_det.data.coco import load_coco_json
 from resnet_det.data.records import RecordStore
-from resnet_det.data.sanitize import BadRecordPolicy
+from resnet_det.data.sanitize import BadRecordPolicy, RecordSanitizer
 from resnet_det.data.transforms import TrainAugmentation
 from resnet_det.engine.data_scale import UndecodedTrainDataset, worker_growth_mb, write_coco_like
 from resnet_det.errors import DatasetError
@@ -125,9 +125,9 @@ def _count_parses(monkeypatch) -> list:
 
     def counting(*args):
         calls.append(args[0])
-        return read_coco_json(*args)
+        return load_coco_json(*args)
 
-    monkeypatch.setattr(catalog, "read_coco_json", counting)
+    monkeypatch.setattr(catalog, "load_coco_json", counting)
     return calls
 
 
@@ -191,7 +191,7 @@ def test_the_fast_coco_reader_agrees_with_pycocotools(tmp_path):
     from pycocotools.coco import COCO
 
     path = write_coco_like(tmp_path / "instances.json", images=300, boxes=2000)
-    records, meta = read_coco_json(path, tmp_path, catalog.RecordSanitizer(BadRecordPolicy.default()))
+    records, meta = load_coco_json(path, tmp_path, RecordSanitizer(BadRecordPolicy.default()))
     coco = COCO(str(path))
     cat_of = meta["label_to_category_id"]
     records = list(records)
@@ -212,7 +212,7 @@ def test_a_malformed_file_is_still_reported_at_its_own_line(tmp_path):
     json_path.write_text(text)
     line = text[: text.index(",,")].count("\n") + 1
     with pytest.raises(DatasetError, match=rf"annotations.json: line {line} column 8: malformed JSON"):
-        read_coco_json(json_path, images, catalog.RecordSanitizer(BadRecordPolicy.default()))
+        load_coco_json(json_path, images, RecordSanitizer(BadRecordPolicy.default()))
 
 
 def test_two_nodes_parse_once_and_read_the_same_records(tmp_path, records_cache_folder):
@@ -232,3 +232,26 @@ def test_two_nodes_parse_once_and_read_the_same_records(tmp_path, records_cache_
     results = [json.loads((out / f"rank-{r}.json").read_text()) for r in (0, 1)]
     assert results[0] == results[1] and len(results[0]["records"]) == 3 and results[0]["memory_mapped"]
     assert sorted(p.name for p in out.glob("parsed-by-rank-*")) == ["parsed-by-rank-0"]
+
+
+@pytest.mark.parametrize("chunk", [1, 100, 1 << 23])
+def test_cutting_unused_fields_keeps_everything_else(tmp_path, monkeypatch, chunk):
+    import orjson
+
+    from resnet_det.data import coco
+
+    path = write_coco_like(tmp_path / "instances.json", images=40, boxes=300)
+    data = json.loads(path.read_text())
+    data["images"][0]["file_name"] = 'x},{"area":1,"segmentation":[[1]]}.jpg'  # in a string: kept
+    data["annotations"][0] = {"segmentation": [[1, 2]], "area": 3.5, **data["annotations"][0]}
+    raw = json.dumps(data, separators=(",", ":")).encode()
+    monkeypatch.setattr(coco, "_STRIP_CHUNK", chunk)
+    unused = {"segmentation", "area", "coco_url", "flickr_url", "date_captured"}
+    for ann in data["annotations"]:
+        if not ann["iscrowd"]:  # an RLE segmentation (an object) is left to the parser
+            ann.pop("segmentation")
+        ann.pop("area")
+    for img in data["images"]:
+        for key in unused & set(img):
+            img.pop(key)
+    assert orjson.loads(coco._strip_unused(raw)) == data

@@ -24,7 +24,7 @@ from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from backbones import Registry
 from resnet_det.data import records_cache
-from resnet_det.data.coco import read_coco_json
+from resnet_det.data.coco import load_coco_json
 from resnet_det.data.records import RecordStore
 from resnet_det.data.sanitize import BadRecordPolicy, RecordSanitizer
 from resnet_det.data.shapes import DETECTION_IMAGES, ensure_shapes_detection
@@ -88,7 +88,7 @@ def get_dataset(name: str, root: Optional[os.PathLike] = None, policy=None) -> T
         records, found = loader_fn(data_root, sanitizer)
         metadata = {"name": name, **found, **registered}
         source = metadata.get("annotations_file", name)
-        store = RecordStore.from_records(sanitizer.iter_clean(records, len(metadata["class_names"]), source))
+        store = sanitizer.clean(records, len(metadata["class_names"]), source)
         metadata["sanitize_counts"] = sanitizer.report
         return store, metadata
 
@@ -141,7 +141,7 @@ def register_coco_instances(name: str, images_dir: os.PathLike, annotations_json
             raise DatasetError(f"annotations of dataset '{name}' not found: {annotations_json}; {fix}.annotations")
         if not images_dir.is_dir():
             raise DatasetError(f"images of dataset '{name}' not found: {images_dir}; {fix}.images")
-        return read_coco_json(annotations_json, images_dir, sanitizer)
+        return load_coco_json(annotations_json, images_dir, sanitizer)
 
     register_dataset(name, load, cache_sources=lambda root: [annotations_json, images_dir], **files)
 
@@ -163,7 +163,7 @@ def _coco_2017(split: str) -> LoaderFn:
         annotations, images = _coco_2017_files(split, root)
         require_path(annotations, "COCO annotations", f"download the COCO 2017 annotations and unzip them into {coco}/")
         require_path(images, "COCO images", f"download {split}2017.zip and unzip it into {coco}/", is_dir=True)
-        return read_coco_json(annotations, images, sanitizer)
+        return load_coco_json(annotations, images, sanitizer)
 
     return load
 
@@ -207,7 +207,7 @@ def _shapes(split: str) -> LoaderFn:
         annotations = folder / "annotations" / f"instances_{split}.json"
         if not annotations.is_file():
             raise DatasetError(f"{annotations} is missing: {folder} is incomplete; delete it to generate it again")
-        return read_coco_json(annotations, folder / split, sanitizer)
+        return load_coco_json(annotations, folder / split, sanitizer)
 
     return load
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch.distributed as dist
 
 from resnet_det.data import catalog
-from resnet_det.data.coco import read_coco_json
+from resnet_det.data.coco import load_coco_json
 from resnet_det.data.records import COLUMNS
 
 
@@ -20,7 +20,7 @@ def main(annotations: str, images: str, out: str) -> None:
 
     def load(root, sanitizer):
         parsed.write_text("parsed")
-        return read_coco_json(annotations, images, sanitizer)
+        return load_coco_json(annotations, images, sanitizer)
 
     catalog.register_dataset("two_nodes", load, cache_sources=lambda root: [Path(annotations), Path(images)])
     store, metadata = catalog.get_dataset("two_nodes")
