@@ -29,7 +29,7 @@ from typing import Callable, Dict, Optional, Sequence
 import numpy as np
 import orjson
 
-from resnet_det.data.build import DetectionTrainDataset
+from resnet_det.data.build import DetectionTrainDataset, freeze_for_workers
 from resnet_det.data.transforms import TrainAugmentation
 
 COCO_CATEGORY_IDS = [i for i in range(1, 91) if i not in (12, 26, 29, 30, 45, 66, 68, 69, 71, 83)]
@@ -138,6 +138,7 @@ def worker_growth_mb(dataset, keys: Sequence, workers: int = 4, batch_size: int 
     """The largest growth of a worker's USS from its start to the end of one pass over ``keys``."""
     from torch.utils.data import DataLoader
 
+    freeze_for_workers()  # as the project's loaders do (loader_options)
     with tempfile.TemporaryDirectory() as folder:
         batches = [list(keys[i : i + batch_size]) for i in range(0, len(keys), batch_size)]
         loader = DataLoader(
