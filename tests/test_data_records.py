@@ -255,3 +255,20 @@ def test_cutting_unused_fields_keeps_everything_else(tmp_path, monkeypatch, chun
         for key in unused & set(img):
             img.pop(key)
     assert orjson.loads(coco._strip_unused(raw)) == data
+
+
+def test_loaders_with_workers_freeze_the_parents_objects():
+    import gc
+
+    from omegaconf import OmegaConf
+
+    from resnet_det.data.build import loader_options
+
+    gc.unfreeze()
+    try:
+        loader_options(OmegaConf.create({"num_workers": 0, "pin_memory": False}))
+        assert gc.get_freeze_count() == 0
+        loader_options(OmegaConf.create({"num_workers": 2, "pin_memory": False}))
+        assert gc.get_freeze_count() > 1000  # torch's objects, among others
+    finally:
+        gc.unfreeze()
