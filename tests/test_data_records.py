@@ -272,3 +272,28 @@ def test_loaders_with_workers_freeze_the_parents_objects():
         assert gc.get_freeze_count() > 1000  # torch's objects, among others
     finally:
         gc.unfreeze()
+
+
+@pytest.mark.parametrize("trap", ["", "file_name", "nested"])
+def test_parsing_in_parts_gives_what_one_parse_gives(tmp_path, monkeypatch, trap):
+    import orjson
+
+    from resnet_det.data import coco
+
+    data = json.loads(write_coco_like(tmp_path / "instances.json", images=50, boxes=400).read_text())
+    if trap == "file_name":  # a cut inside a string
+        data["annotations"][100]["note"] = '},{"x":1},{' * 20
+    if trap == "nested":  # the key inside another object first
+        data = {"meta": {"annotations": [{"a": 1}, {"b": 2}] * 50}, **data}
+    text = bytearray(json.dumps(data, separators=(",", ":")).encode())
+    monkeypatch.setattr(coco, "_PARSE_CHUNK", 64)
+    parses = []
+    monkeypatch.setattr(coco.orjson, "loads", lambda b, loads=orjson.loads: parses.append(len(b)) or loads(b))
+    parsed = coco._parse_in_parts(text)
+    assert parsed == data and orjson.dumps(parsed) == orjson.dumps(data)  # also the key order
+    if trap == "nested":
+        assert parses[-1] == len(text)  # parsed whole
+    elif trap == "file_name":
+        assert 100 < len(parses) < 105  # in parts up to the string, then the rest at once
+    else:
+        assert len(parses) > 300 and max(parses) < len(text) / 10  # in parts

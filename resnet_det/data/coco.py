@@ -157,10 +157,52 @@ def _read_without_polygons(path: Path) -> Any:
     stripped = _strip_unused(raw)
     del raw
     try:
-        return orjson.loads(stripped)
+        return _parse_in_parts(stripped)
     except orjson.JSONDecodeError:
         del stripped
         return read_json(path, "annotation file", DatasetError)  # the error at the file's own line/column
+
+
+_PARSE_CHUNK = 1 << 23
+_ANNOTATIONS_KEY = b'"annotations":['
+
+
+def _parse_in_parts(text: bytearray) -> Any:
+    """``orjson.loads(text)``, with the annotations array parsed a few MB at a time: the parser's
+    own document of a whole COCO file would be a third again of the parsed objects.
+
+    The text is cut at '},{': the part before the array, closed as ``..."annotations":[]}``, then
+    parts of the array, each parsed as an array, until one does not parse (its cut is past the
+    array's end or inside a string, which leaves a string or the array open), then the rest as
+    ``{"annotations":[...``. Where the first or the last part does not parse (a key
+    "annotations" that is not the top level's), the whole text is parsed at once.
+    """
+    start = text.find(_ANNOTATIONS_KEY)
+    if start < 0 or len(text) < 2 * _PARSE_CHUNK:
+        return orjson.loads(text)
+    view = memoryview(text)
+    try:
+        data = orjson.loads(bytes(view[:start]) + b'"annotations":[]}')
+        if not isinstance(data, dict):
+            return orjson.loads(text)
+        annotations: list = []
+        begin = start + len(_ANNOTATIONS_KEY)
+        while True:
+            cut = text.find(b"},{", begin + _PARSE_CHUNK)
+            if cut < 0:
+                break
+            try:
+                part = orjson.loads(b"[" + bytes(view[begin : cut + 1]) + b"]")
+            except orjson.JSONDecodeError:  # a cut past the array's end, or in a string
+                break
+            annotations += part
+            begin = cut + 2
+        rest = orjson.loads(b'{"annotations":[' + bytes(view[begin:]))
+    except orjson.JSONDecodeError:
+        return orjson.loads(text)
+    annotations += rest.pop("annotations")
+    data.update(rest, annotations=annotations)
+    return data
 
 
 def load_coco_json(
