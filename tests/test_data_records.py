@@ -297,3 +297,17 @@ def test_parsing_in_parts_gives_what_one_parse_gives(tmp_path, monkeypatch, trap
         assert 100 < len(parses) < 105  # in parts up to the string, then the rest at once
     else:
         assert len(parses) > 300 and max(parses) < len(text) / 10  # in parts
+
+
+@pytest.mark.slow
+def test_the_data_scale_benchmark_reports_its_figures_in_json(tmp_path):
+    out = tmp_path / "bench.json"
+    cmd = [sys.executable, str(REPO / "tools" / "benchmark.py"), "--only", "data-scale"]
+    cmd += ["--images", "300", "--boxes", "2000", "--json", str(out)]
+    done = subprocess.run(cmd, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    figures = json.loads(out.read_text())["figures"]
+    for name in ("load_s", "peak_rss_mb", "records_mb", "worker_growth_mb", "cached_load_s"):
+        assert figures[f"data-scale/{name}"]["median"] > 0, name
+    assert figures["data-scale/records_mb"]["median"] < 0.2  # 300 images, 2000 boxes: some 80 kB
+    assert "data-scale/load_s" in done.stdout
