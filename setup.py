@@ -24,6 +24,7 @@ setup(
         "tensorboard",
         "matplotlib",
         "defusedxml>=0.7",
+        "orjson>=3.9",
     ],
     extras_require={
         "test": ["pytest", "pytest-timeout", "hypothesis", "tidecv>=1.0,<2", "faster-coco-eval>=1.6,<2"],

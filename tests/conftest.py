@@ -35,3 +35,11 @@ def detectron2_path():
             pytest.skip(f"detectron2 is not installed and {DETECTRON2_SOURCE} is absent")
         sys.path.insert(0, str(DETECTRON2_SOURCE))
     return DETECTRON2_SOURCE
+
+
+@pytest.fixture(autouse=True)
+def records_cache_folder(tmp_path_factory, monkeypatch) -> Path:
+    """Each test caches dataset records in a folder of its own, never in the user's ~/.cache."""
+    folder = tmp_path_factory.mktemp("records_cache")
+    monkeypatch.setenv("RESNET_DET_CACHE", str(folder))
+    return folder

@@ -7,13 +7,17 @@ Examples:
   python tools/benchmark.py --only inference --compile inductor   # the optional compiled backbone
   python tools/benchmark.py --device cuda --batch 4
   python tools/benchmark.py --only eval-backends --runs 5       # pycocotools vs faster-coco-eval
+  python tools/benchmark.py --only data-scale                   # COCO train2017's size: 117,266 / 860,001
+  python tools/benchmark.py --only data-scale --images 1000000 --boxes 10000000 --simple-boxes
 
 Measures: inference images/s at --size (short side) with --proposals RPN proposals per image;
 one training iteration (forward, backward, SGD step) on --train-batch images at --train-size;
 data loading images/s (JPEG decode + augment + collate with --workers); COCO evaluation time;
 eval-backends: the same 500 images x 100 detections evaluated by pycocotools and by
 faster-coco-eval, timed alternately, and the report's analysis (TIDE, thresholds, confusion);
-peak memory (RSS on CPU, max_memory_allocated on GPU). Each figure: --warmup runs, then --runs
+peak memory (RSS on CPU, max_memory_allocated on GPU). data-scale (not in the default set):
+loading a generated, seeded COCO-like file of --images / --boxes (resnet_det/engine/data_scale.py).
+Each figure: --warmup runs, then --runs
 timed runs, printed as min / median / max; ratios are ours / stock on the medians. The stock
 model is torchvision's R50-FPN Faster R-CNN as fasterrcnn_resnet50_fpn sets it up for fine-tuning
 (FrozenBatchNorm2d, trainable_backbone_layers=3; ours: frozen BN, freeze_at=2), with random
@@ -27,7 +31,7 @@ import json
 
 from resnet_det.cli import main_guard
 
-MEASURES = ("inference", "train", "data", "eval", "eval-backends")
+MEASURES = ("inference", "train", "data", "eval", "eval-backends", "data-scale")
 
 
 def parse_args(argv=None):
@@ -77,7 +81,18 @@ def parse_args(argv=None):
         help="also torch.compile our backbone for inference (e.g. inductor; the first warm-up run compiles)",
     )
     parser.add_argument(
-        "--only", nargs="+", choices=MEASURES, default=list(MEASURES), help="which measures (default: all)"
+        "--images", type=int, default=117_266, help="data-scale: images in the generated file (default 117266)"
+    )
+    parser.add_argument(
+        "--boxes", type=int, default=860_001, help="data-scale: boxes in the generated file (default 860001)"
+    )
+    parser.add_argument("--simple-boxes", action="store_true", help="data-scale: boxes without polygon segmentations")
+    parser.add_argument(
+        "--only",
+        nargs="+",
+        choices=MEASURES,
+        default=[m for m in MEASURES if m != "data-scale"],
+        help="which measures (default: all but data-scale)",
     )
     parser.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     return parser.parse_args(argv)
@@ -106,6 +121,9 @@ def main(argv=None):
         fast_path=not args.no_fast_path,
         compile_backend=args.compile,
         workers=args.workers,
+        scale_images=args.images,
+        scale_boxes=args.boxes,
+        scale_polygons=not args.simple_boxes,
     )
     result = run_benchmarks(settings, args.only)
     print(format_result(result))

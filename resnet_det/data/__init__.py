@@ -21,12 +21,14 @@ from resnet_det.data.catalog import (
 from resnet_det.data.classification import build_classification_loaders
 from resnet_det.data.coco import load_coco_json
 from resnet_det.data.image_io import read_image
+from resnet_det.data.records import RecordStore
 from resnet_det.data.sanitize import BadRecordPolicy, SanitizeReport
 from resnet_det.data.shapes import ensure_shapes_classification, ensure_shapes_detection
 from resnet_det.data.voc import VOC_CLASSES, load_voc_split
 
 __all__ = [
     "BadRecordPolicy",
+    "RecordStore",
     "SanitizeReport",
     "VOC_CLASSES",
     "build_classification_loaders",

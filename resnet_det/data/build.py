@@ -7,14 +7,16 @@ the records' order, each rank taking a contiguous shard. Images are resized here
 model (docs/architecture.md, "Detection batches").
 """
 
+import gc
 import logging
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
 from resnet_det.data.image_io import read_image_or_skip
+from resnet_det.data.records import RecordStore, as_record_store
 from resnet_det.data.samplers import InferenceSampler, TrainingBatchSampler
 from resnet_det.data.sanitize import SKIP, BadRecordPolicy
 from resnet_det.data.transforms import TrainAugmentation, clip_boxes, resize_shortest_edge
@@ -27,20 +29,25 @@ _CORRUPT_HINT = "or set datasets.corrupt_image=skip"
 _REPLACEMENT_TRIES = 10
 
 
-def train_records(records: List[dict], use_difficult: bool = False, filter_empty: bool = True) -> List[dict]:
+def train_records(
+    records: Union[RecordStore, Sequence[dict]], use_difficult: bool = False, filter_empty: bool = True
+) -> RecordStore:
     """Records with only the boxes to train on: crowd regions and (unless ``use_difficult``)
     difficult objects removed; with ``filter_empty``, images left without boxes dropped."""
-    out = []
-    for record in records:
-        anns = [a for a in record["annotations"] if not a["iscrowd"] and (use_difficult or not a["difficult"])]
-        if anns or not filter_empty:
-            out.append({**record, "annotations": anns})
-    return out
+    store = as_record_store(records)
+    columns = store.arrays
+    keep = (columns["iscrowd"] == 0) & (use_difficult | (columns["difficult"] == 0))
+    images = np.arange(len(store))
+    if filter_empty:
+        kept_before = np.concatenate([[0], np.cumsum(keep)])
+        offsets = columns["box_offsets"]
+        images = images[kept_before[offsets[1:]] > kept_before[offsets[:-1]]]
+    return store.select(images, keep)
 
 
-def aspect_ratio_groups(records: List[dict]) -> List[int]:
+def aspect_ratio_groups(records: RecordStore) -> List[int]:
     """0 for landscape (width >= height), 1 for portrait images."""
-    return [int(r["width"] < r["height"]) for r in records]
+    return (records.arrays["width"] < records.arrays["height"]).astype(int).tolist()
 
 
 def collate_lists(batch: list) -> Tuple[list, list]:
@@ -59,12 +66,26 @@ def loader_options(dataloader_cfg) -> dict:
     augmentation is seeded per sample by the samplers, so this seed decides nothing else.
     """
     workers = int(dataloader_cfg.num_workers)
+    if workers > 0:
+        freeze_for_workers()
     return {
         "num_workers": workers,
         "persistent_workers": workers > 0,
         "pin_memory": bool(dataloader_cfg.pin_memory) and torch.cuda.is_available(),
         "generator": torch.Generator().manual_seed(0),
     }
+
+
+def freeze_for_workers() -> None:
+    """Move every object alive now out of the garbage collector's reach before workers fork.
+
+    A forked worker's collector otherwise walks all the parent's objects (torch's, the model's)
+    on its first full collection and writes into each one's header: every page holding them is
+    copied into every worker, some 90 MB each after loading a COCO-sized file (the same
+    copy-on-read as pytorch#13246, for objects that are not records). CPython's ``gc.freeze``
+    is made for this; what it holds is alive for the whole run anyway.
+    """
+    gc.freeze()
 
 
 def read_with_replacement(
@@ -87,13 +108,14 @@ def _to_tensor(image: np.ndarray) -> torch.Tensor:
 class _DetectionImages(Dataset):
     """Decoding shared by the train and test datasets: skip policy and real image sizes.
 
-    With ``skip_corrupt``, ``unreadable`` flags each record whose image did not decode. It lives in
-    shared memory, so the loader's worker processes set it and the main process reads it
-    (``unreadable_files``).
+    The records are a ``RecordStore``, read without building dicts, so that workers share its pages
+    instead of copying them (``records.py``). With ``skip_corrupt``, ``unreadable`` flags each record
+    whose image did not decode. It lives in shared memory, so the loader's worker processes set it
+    and the main process reads it (``unreadable_files``).
     """
 
-    def __init__(self, records: List[dict], skip_corrupt: bool):
-        self.records = records
+    def __init__(self, records: Union[RecordStore, Sequence[dict]], skip_corrupt: bool):
+        self.records = as_record_store(records)
         self.skip_corrupt = skip_corrupt
         self.unreadable = torch.zeros(len(records) if skip_corrupt else 0, dtype=torch.bool).share_memory_()
         self._warned_size: set = set()
@@ -102,21 +124,22 @@ class _DetectionImages(Dataset):
         return len(self.records)
 
     def _read(self, index: int) -> Optional[np.ndarray]:
-        record = self.records[index]
-        image = read_image_or_skip(record["file_name"], self.skip_corrupt, _CORRUPT_HINT)
+        file_name = self.records.file_name(index)
+        image = read_image_or_skip(file_name, self.skip_corrupt, _CORRUPT_HINT)
         if image is None:
             self.unreadable[index] = True
-        elif image.shape[:2] != (record["height"], record["width"]):
-            if record["file_name"] not in self._warned_size:
-                self._warned_size.add(record["file_name"])
+        elif image.shape[:2] != self.records.image_size(index):
+            if file_name not in self._warned_size:
+                self._warned_size.add(file_name)
+                height, width = self.records.image_size(index)
                 logger.warning(
                     "%s is %dx%d but annotated as %dx%d; using the real size, boxes clipped to it "
                     "(%d such images in this process so far)",
-                    record["file_name"],
+                    file_name,
                     image.shape[1],
                     image.shape[0],
-                    record["width"],
-                    record["height"],
+                    width,
+                    height,
                     len(self._warned_size),
                 )
         return image
@@ -125,7 +148,9 @@ class _DetectionImages(Dataset):
 class DetectionTrainDataset(_DetectionImages):
     """``dataset[(index, sample_seed)] -> (image, target)``, augmented with a seeded generator."""
 
-    def __init__(self, records: List[dict], augmentation: TrainAugmentation, skip_corrupt: bool = False):
+    def __init__(
+        self, records: Union[RecordStore, Sequence[dict]], augmentation: TrainAugmentation, skip_corrupt: bool = False
+    ):
         super().__init__(records, skip_corrupt)
         self.augmentation = augmentation
 
@@ -133,9 +158,9 @@ class DetectionTrainDataset(_DetectionImages):
         index, seed = key
         rng = np.random.default_rng(seed)
         index, image = read_with_replacement(self._read, index, rng, len(self.records))
-        record = self.records[index]
-        boxes = np.array([a["bbox"] for a in record["annotations"]], dtype=np.float32).reshape(-1, 4)
-        labels = np.array([a["label"] for a in record["annotations"]], dtype=np.int64)
+        bbox, label, _, _ = self.records.boxes(index)
+        boxes = bbox.astype(np.float32)
+        labels = label.astype(np.int64)
         height, width = image.shape[:2]
         boxes = clip_boxes(boxes, height, width)
         keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
@@ -143,7 +168,7 @@ class DetectionTrainDataset(_DetectionImages):
         target = {
             "boxes": torch.from_numpy(boxes.astype(np.float32)),
             "labels": torch.from_numpy(labels[keep]),
-            "image_id": record["image_id"],
+            "image_id": self.records.image_id(index),
         }
         return _to_tensor(image), target
 
@@ -151,7 +176,9 @@ class DetectionTrainDataset(_DetectionImages):
 class DetectionTestDataset(_DetectionImages):
     """``dataset[index] -> (image, info)`` resized for testing; None for a skipped image."""
 
-    def __init__(self, records: List[dict], min_size: int, max_size: int, skip_corrupt: bool = False):
+    def __init__(
+        self, records: Union[RecordStore, Sequence[dict]], min_size: int, max_size: int, skip_corrupt: bool = False
+    ):
         super().__init__(records, skip_corrupt)
         self.min_size = min_size
         self.max_size = max_size
@@ -160,13 +187,12 @@ class DetectionTestDataset(_DetectionImages):
         image = self._read(index)
         if image is None:
             return None
-        record = self.records[index]
         resized, scale = resize_shortest_edge(image, self.min_size, self.max_size)
         info = {
-            "image_id": record["image_id"],
+            "image_id": self.records.image_id(index),
             "orig_size": image.shape[:2],
             "scale": scale,
-            "file_name": record["file_name"],
+            "file_name": self.records.file_name(index),
         }
         return _to_tensor(resized), info
 
@@ -174,12 +200,12 @@ class DetectionTestDataset(_DetectionImages):
 def unreadable_files(datasets: Sequence[_DetectionImages]) -> List[str]:
     """The file names, sorted, of the images that ``datasets`` have skipped as undecodable so far
     (``datasets.corrupt_image=skip``), in this process and its loader workers."""
-    return sorted({d.records[i]["file_name"] for d in datasets for i in d.unreadable.nonzero().flatten().tolist()})
+    return sorted({d.records.file_name(i) for d in datasets for i in d.unreadable.nonzero().flatten().tolist()})
 
 
 def build_detection_train_loader(
     cfg,
-    records: List[dict],
+    records: Union[RecordStore, Sequence[dict]],
     *,
     start_iter: int = 0,
     rank: int = 0,
@@ -212,7 +238,12 @@ def build_detection_train_loader(
 
 
 def build_detection_test_loader(
-    cfg, records: List[dict], *, batch_size: Optional[int] = None, rank: int = 0, world_size: int = 1
+    cfg,
+    records: Union[RecordStore, Sequence[dict]],
+    *,
+    batch_size: Optional[int] = None,
+    rank: int = 0,
+    world_size: int = 1,
 ) -> DataLoader:
     """This rank's contiguous shard of ``records``, in order, resized to the test size.
 

@@ -11,17 +11,22 @@ A user's own data is registered by ``register_coco_instances``, ``register_voc_s
 ``datasets.custom`` (``format: coco|voc|yolo``) by ``register_from_config``.
 
 ``get_dataset`` returns ``(records, metadata)`` as the "Dataset records" contract of
-docs/architecture.md says, after the bad-record policies of ``sanitize.py``; what they fixed or
+docs/architecture.md says, after the bad-record policies of ``sanitize.py``; the records are a
+``RecordStore`` (``records.py``: compact, shared by loader workers without copies), cached per
+machine for the COCO-format datasets (``records_cache.py``); what they fixed or
 skipped is in ``metadata["sanitize_counts"]`` (a ``SanitizeReport``: a dict of counts with a
 ``summary()`` line and ``to_dict()`` for ``data_report.json``).
 """
 
+import functools
 import os
 from pathlib import Path
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from backbones import Registry
+from resnet_det.data import records_cache
 from resnet_det.data.coco import load_coco_json
+from resnet_det.data.records import RecordStore
 from resnet_det.data.sanitize import BadRecordPolicy, RecordSanitizer
 from resnet_det.data.shapes import DETECTION_IMAGES, ensure_shapes_detection
 from resnet_det.data.voc import VOC_CLASSES, load_voc_split
@@ -32,7 +37,7 @@ from resnet_det.errors import DatasetError
 DATASETS_ENV = "RESNET_DET_DATASETS"
 
 # loader_fn(root, sanitizer) -> (records, metadata read from the files, e.g. class_names).
-LoaderFn = Callable[[Path, RecordSanitizer], Tuple[List[dict], dict]]
+LoaderFn = Callable[[Path, RecordSanitizer], Tuple[Iterable[dict], dict]]
 
 # name -> (loader_fn, metadata given at registration).
 DATASETS: Registry[Tuple[LoaderFn, dict]] = Registry(
@@ -45,14 +50,26 @@ def dataset_root(root: Optional[os.PathLike] = None) -> Path:
     return Path(root or os.environ.get(DATASETS_ENV) or "datasets").expanduser()
 
 
-def register_dataset(name: str, loader_fn: LoaderFn, **metadata) -> None:
+def register_dataset(
+    name: str, loader_fn: LoaderFn, cache_sources: Optional[Callable[[Path], Sequence[Path]]] = None, **metadata
+) -> None:
     """Register ``loader_fn(root, sanitizer) -> (records, metadata)`` under ``name`` (in ``DATASETS``).
 
     ``metadata`` given here (e.g. ``evaluator="voc"``) is merged over what the loader returns.
     The loader should call ``sanitizer.unknown_category`` for boxes of categories it cannot map;
-    everything else (ids, files, boxes) is checked on its records afterwards.
+    everything else (ids, files, boxes) is checked on its records afterwards. ``records`` may be
+    any iterable of record dicts (a generator is compacted as it goes). With ``cache_sources(root)``
+    (the files and folders the records are made from), the records are cached and read back
+    memory-mapped by later runs and the other processes of the machine (``records_cache``).
     """
     DATASETS.register(name, (loader_fn, metadata))
+    _CACHE_SOURCES.pop(name, None)
+    if cache_sources is not None:
+        _CACHE_SOURCES[name] = cache_sources
+
+
+# name -> cache_sources(root), for the datasets whose records are cached.
+_CACHE_SOURCES: Dict[str, Callable[[Path], Sequence[Path]]] = {}
 
 
 def list_datasets() -> List[str]:
@@ -61,25 +78,39 @@ def list_datasets() -> List[str]:
 
 def get_dataset(
     name: str, root: Optional[os.PathLike] = None, policy=None, sanitizer: Optional[RecordSanitizer] = None
-) -> Tuple[List[dict], dict]:
-    """Read dataset ``name`` under the data root; bad records are handled by ``policy``: a
-    ``BadRecordPolicy``, or ``cfg.datasets`` itself; None = the schema's defaults. A
-    ``sanitizer`` given instead (the data doctor's, which keeps what it saw) overrides ``policy``."""
+) -> Tuple[RecordStore, dict]:
+    """Read dataset ``name`` under the data root into a ``RecordStore``; bad records are handled by
+    ``policy``: a ``BadRecordPolicy``, or ``cfg.datasets`` itself; None = the schema's defaults. A
+    ``sanitizer`` given instead (the data doctor's, which keeps what it saw) overrides ``policy``
+    and reads the files themselves, never the cache: what it sees must be what the files hold."""
     loader_fn, registered = DATASETS.get(name)
-    if sanitizer is None:
-        if policy is None:
-            policy = BadRecordPolicy.default()
-        elif not isinstance(policy, BadRecordPolicy):
-            policy = BadRecordPolicy.from_config(policy)
-        sanitizer = RecordSanitizer(policy)
-    records, found = loader_fn(dataset_root(root), sanitizer)
-    metadata = {"name": name, **found, **registered}
-    records = sanitizer.clean(records, len(metadata["class_names"]), metadata.get("annotations_file", name))
-    metadata["sanitize_counts"] = sanitizer.report
-    return records, metadata
+    if sanitizer is not None:
+        policy = sanitizer.policy
+    elif policy is None:
+        policy = BadRecordPolicy.default()
+    elif not isinstance(policy, BadRecordPolicy):
+        policy = BadRecordPolicy.from_config(policy)
+    data_root = dataset_root(root)
+
+    def build() -> Tuple[RecordStore, dict]:
+        checker = sanitizer if sanitizer is not None else RecordSanitizer(policy)
+        records, found = loader_fn(data_root, checker)
+        metadata = {"name": name, **found, **registered}
+        source = metadata.get("annotations_file", name)
+        store = checker.clean(records, len(metadata["class_names"]), source)
+        metadata["sanitize_counts"] = checker.report
+        return store, metadata
+
+    folder, sources_of = records_cache.cache_dir(), _CACHE_SOURCES.get(name)
+    cached = sanitizer is None and sources_of is not None and folder is not None
+    sources = sources_of(data_root) if cached else None
+    if not sources or not all(Path(p).exists() for p in sources):
+        return build()  # not cached, or a file is missing: the loader says which
+    store, metadata = records_cache.load_or_build(folder, name, sources, policy, build)
+    return store, {**metadata, "name": name, **registered}
 
 
-def get_datasets(names: Sequence[str], root: Optional[os.PathLike] = None, policy=None) -> Tuple[List[dict], dict]:
+def get_datasets(names: Sequence[str], root: Optional[os.PathLike] = None, policy=None) -> Tuple[RecordStore, dict]:
     """Several datasets with the same classes as one (e.g. ``datasets.train``); the metadata is the
     first dataset's, with ``name`` joined by ``+`` and the sanitize reports merged."""
     if not names:
@@ -91,7 +122,7 @@ def get_datasets(names: Sequence[str], root: Optional[os.PathLike] = None, polic
             raise DatasetError(
                 f"datasets {metadata['name']} and {name} have different classes; train on datasets that share them"
             )
-        records = records + more
+        records = RecordStore.concat([records, more])
         metadata["sanitize_counts"].merge(meta["sanitize_counts"])
         metadata["name"] = f"{metadata['name']}+{name}"
     return records, metadata
@@ -114,7 +145,7 @@ def register_coco_instances(name: str, images_dir: os.PathLike, annotations_json
         records, metadata = load_coco_json(annotations_json, images_dir, sanitizer)
         return records, {**metadata, "format": "coco"}
 
-    _register_own(name, load, files)
+    _register_own(name, load, files, cache_sources=lambda root: [annotations_json, images_dir])
 
 
 def register_voc_style(
@@ -165,12 +196,14 @@ def _require(name: str, key: str, path: Path, is_dir: Optional[bool] = False) ->
         raise DatasetError(f"{key} of dataset '{name}' not found: {path}; fix datasets.custom.{name}.{key}")
 
 
-def _register_own(name: str, load: LoaderFn, files: dict) -> None:
+def _register_own(
+    name: str, load: LoaderFn, files: dict, cache_sources: Optional[Callable[[Path], Sequence[Path]]] = None
+) -> None:
     """Registering the same name with the same files again is a no-op, so a config can be applied
     twice in one process (train, then evaluate)."""
     if name in DATASETS and all(DATASETS.get(name)[1].get(k) == v for k, v in files.items()):
         return
-    register_dataset(name, load, **files)
+    register_dataset(name, load, cache_sources=cache_sources, **files)
 
 
 def register_custom(name: str, entry) -> None:
@@ -189,11 +222,15 @@ def register_from_config(datasets_cfg) -> None:
         register_custom(name, entry)
 
 
+def _coco_2017_files(split: str, root: Path) -> List[Path]:
+    """The annotation file and the images folder of COCO 2017 ``split`` under ``root``."""
+    return [root / "coco" / "annotations" / f"instances_{split}2017.json", root / "coco" / f"{split}2017"]
+
+
 def _coco_2017(split: str) -> LoaderFn:
     def load(root: Path, sanitizer: RecordSanitizer):
         coco = root / "coco"
-        annotations = coco / "annotations" / f"instances_{split}2017.json"
-        images = coco / f"{split}2017"
+        annotations, images = _coco_2017_files(split, root)
         require_path(annotations, "COCO annotations", f"download the COCO 2017 annotations and unzip them into {coco}/")
         require_path(images, "COCO images", f"download {split}2017.zip and unzip it into {coco}/", is_dir=True)
         return load_coco_json(annotations, images, sanitizer)
@@ -246,7 +283,9 @@ def _shapes(split: str) -> LoaderFn:
 
 
 for _split in ("train", "val"):
-    register_dataset(f"coco_2017_{_split}", _coco_2017(_split))
+    register_dataset(
+        f"coco_2017_{_split}", _coco_2017(_split), cache_sources=functools.partial(_coco_2017_files, _split)
+    )
 register_dataset("voc_2007_trainval", _voc([("2007", "trainval")]))
 register_dataset("voc_2007_test", _voc([("2007", "test")]))
 register_dataset("voc_2012_trainval", _voc([("2012", "trainval")]))

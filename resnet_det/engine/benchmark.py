@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from resnet_det.config import DetectionConfig, load_config
+from resnet_det.engine.data_scale import FIGURE_UNITS, bench_data_scale
 from resnet_det.modeling import build_detector, prepare_for_inference
 
 COCO_CLASSES = 90  # stock fasterrcnn_resnet50_fpn: 91 outputs, background included
@@ -78,6 +79,9 @@ class Settings:
     device: str = "cpu"
     fast_path: bool = True
     compile_backend: Optional[str] = None  # torch.compile the backbone for inference (test.compile_backbone)
+    scale_images: int = 117_266  # data-scale: the generated file's size (COCO train2017's)
+    scale_boxes: int = 860_001
+    scale_polygons: bool = True
     workers: int = 2
 
 
@@ -442,6 +446,11 @@ def run_benchmarks(settings: Settings, only: List[str], log: Callable[[str], Non
     }
     for key in only:
         log(f"measuring {key} ...")
+        if key == "data-scale":
+            scale = bench_data_scale(settings.scale_images, settings.scale_boxes, settings.scale_polygons, log=log)
+            for name, value in scale.items():
+                result["figures"][f"data-scale/{name}"] = Figure(name, FIGURE_UNITS[name], [value]).summary()
+            continue
         figures = measures[key]()
         for who, fig in figures.items():
             result["figures"][f"{fig.name}/{who}"] = fig.summary()

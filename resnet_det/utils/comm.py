@@ -5,6 +5,7 @@ evaluation and data code call them unconditionally. Joining the group is the eng
 (``engine.distributed.init_distributed``).
 """
 
+import os
 from typing import Any, Dict, List, Mapping, Union
 
 import torch
@@ -16,6 +17,7 @@ __all__ = [
     "per_process_batch_size",
     "is_main_process",
     "get_rank",
+    "get_local_rank",
     "get_world_size",
     "barrier",
     "all_gather_object",
@@ -40,6 +42,11 @@ def get_world_size() -> int:
 
 def get_rank() -> int:
     return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def get_local_rank() -> int:
+    """This process's rank on its machine: torchrun's ``LOCAL_RANK`` (0 in a single process)."""
+    return int(os.environ.get("LOCAL_RANK", "0")) if get_world_size() > 1 else 0
 
 
 def is_main_process() -> bool:

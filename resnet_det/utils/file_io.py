@@ -13,13 +13,14 @@ import os
 import re
 import secrets
 from pathlib import Path
-from typing import IO, Any, Dict, Iterator, List, Optional, Tuple, Type
+from typing import IO, Any, Dict, Iterable, Iterator, List, Optional, Tuple, Type
 
 from resnet_det.errors import CheckpointError, ResnetDetError
 from resnet_det.utils.limits import check_json_size
 
 __all__ = [
     "atomic_write_bytes",
+    "atomic_write_parts",
     "atomic_write_text",
     "atomic_torch_save",
     "remove_temporary_files",
@@ -81,6 +82,13 @@ def atomic_write_bytes(path: os.PathLike, data: bytes) -> None:
     """Write ``data`` to ``path`` atomically; on failure the previous file is left as it was."""
     with _atomic_open(path, "the previous file is intact") as f:
         f.write(data)
+
+
+def atomic_write_parts(path: os.PathLike, parts: Iterable[Any]) -> None:
+    """Write the bytes-like ``parts`` one after another to ``path`` atomically (never all in memory)."""
+    with _atomic_open(path, "the previous file is intact") as f:
+        for part in parts:
+            f.write(part)
 
 
 def atomic_write_text(path: os.PathLike, text: str) -> None:
