@@ -107,6 +107,12 @@ def check_trainer_settings(
             raise ConfigError(f"{key}={value}: must be at least {least}")
 
 
+def check_accumulate_steps(steps: int) -> None:
+    """``solver.accumulate_steps``: micro-batches per optimiser step."""
+    if steps < 1:
+        raise ConfigError(f"solver.accumulate_steps={steps}: must be at least 1 (1: no accumulation)")
+
+
 def check_batch_and_lr(solver_cfg) -> None:
     """Batch sizes and the learning rate that the linear scaling rule reads."""
     for key in ("batch_size", "reference_batch_size"):
@@ -114,6 +120,7 @@ def check_batch_and_lr(solver_cfg) -> None:
             raise ConfigError(f"solver.{key}={getattr(solver_cfg, key)}: must be a positive number of images")
     if not solver_cfg.base_lr > 0:
         raise ConfigError(f"solver.base_lr={solver_cfg.base_lr}: must be positive")
+    check_accumulate_steps(solver_cfg.accumulate_steps)
 
 
 def check_schedule(solver_cfg, steps: Sequence[int]) -> None:
