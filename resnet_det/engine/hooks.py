@@ -33,7 +33,6 @@ import sys
 import threading
 import time
 from collections import defaultdict
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Sequence
 
 import torch
@@ -329,7 +328,11 @@ class BestCheckpoint(HookBase):
         return {"metric": self.tracked.metric, "best": self.tracked.best, "best_iter": self.tracked.best_iter}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        self.tracked.metric, self.tracked.best, self.tracked.best_iter = state["metric"], state["best"], state["best_iter"]
+        self.tracked.metric, self.tracked.best, self.tracked.best_iter = (
+            state["metric"],
+            state["best"],
+            state["best_iter"],
+        )
 
 
 class EarlyStopping(HookBase):
@@ -368,7 +371,11 @@ class EarlyStopping(HookBase):
         return {"best": self.tracked.best, "best_iter": self.tracked.best_iter, "bad_evals": self.bad_evals}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        self.tracked.best, self.tracked.best_iter, self.bad_evals = state["best"], state["best_iter"], state["bad_evals"]
+        self.tracked.best, self.tracked.best_iter, self.bad_evals = (
+            state["best"],
+            state["best_iter"],
+            state["bad_evals"],
+        )
 
 
 # -- 7. and 8. Checkpoints and signals --------------------------------------------------------------
@@ -591,8 +598,10 @@ def hooks_from_config(cfg, kind: str, metric: Optional[str] = None) -> Dict[str,
     train = cfg.train
     test_sets = list(cfg.datasets.test) if kind == "detection" else []
     best_metric = train.best.metric or default_best_metric(kind, test_sets, metric)
+    mode = train.best.mode
     evaluates = kind == "classification" or bool(test_sets)
-    ema = EMA(train.ema.decay, use_for_eval=train.ema.use_for_eval) if train.ema.enabled else None
+    decay, use_for_eval = train.ema.decay, train.ema.use_for_eval
+    ema = EMA(decay, use_for_eval=use_for_eval) if train.ema.enabled else None
     patience = train.early_stopping.patience
     min_delta = train.early_stopping.min_delta
     if patience and not evaluates:
@@ -603,7 +612,7 @@ def hooks_from_config(cfg, kind: str, metric: Optional[str] = None) -> Dict[str,
         )
     return {
         "ema": ema,
-        "best": BestCheckpoint(best_metric, train.best.mode) if train.best.enabled and evaluates else None,
-        "early_stopping": EarlyStopping(best_metric, patience, train.best.mode, min_delta) if patience else None,
+        "best": BestCheckpoint(best_metric, mode) if train.best.enabled and evaluates else None,
+        "early_stopping": EarlyStopping(best_metric, patience, mode, min_delta) if patience else None,
         "user": user_hooks_from_config(cfg),
     }

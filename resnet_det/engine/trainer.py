@@ -141,7 +141,9 @@ class Trainer:
     """
 
     @classmethod
-    def from_config(cls, cfg, *, dist: DistInfo, max_iter: Optional[int] = None, kind: str, metric=None, **parts) -> "Trainer":
+    def from_config(
+        cls, cfg, *, dist: DistInfo, max_iter: Optional[int] = None, kind: str, metric=None, **parts
+    ) -> "Trainer":
         """A trainer with the settings of ``cfg.solver`` and ``cfg.train`` (shared by detection and
         classification) and the hooks they ask for (``hooks.hooks_from_config``); ``parts`` are the
         run's own: model, optimizer, scheduler, make_loader, step_fn, eval_fn, meta."""
@@ -438,8 +440,10 @@ class Trainer:
         if self.start_iter is None:
             raise RuntimeError("call resume_or_start() before train()")
         if self.start_iter >= self.max_iter or self.stop_reason:
-            why = f"it stopped at iteration {self.start_iter} ({self.stop_reason})" if self.stop_reason else (
-                f"it is already trained to iteration {self.max_iter}"
+            why = (
+                f"it stopped at iteration {self.start_iter} ({self.stop_reason})"
+                if self.stop_reason
+                else (f"it is already trained to iteration {self.max_iter}")
             )
             logger.info("%s: %s; nothing to do", self.output_dir, why)
             return {"iteration": float(self.start_iter)}
@@ -448,7 +452,9 @@ class Trainer:
             stack.enter_context(hold_run_lock(self.output_dir, self.dist.is_main))
             if self.dist.is_main:
                 self.events = stack.enter_context(
-                    EventWriter(self.output_dir, max_iter=self.max_iter, start_iter=self.start_iter, progress=self.progress)
+                    EventWriter(
+                        self.output_dir, max_iter=self.max_iter, start_iter=self.start_iter, progress=self.progress
+                    )
                 )
             try:
                 return self._loop()

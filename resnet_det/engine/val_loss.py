@@ -36,7 +36,10 @@ class DetectionLossMeter:
     def _target(self, info: Mapping, device: torch.device) -> Dict[str, torch.Tensor]:
         anns = self.targets[info["image_id"]]
         boxes = torch.tensor([a["bbox"] for a in anns], dtype=torch.float32).reshape(-1, 4) * float(info["scale"])
-        return {"boxes": boxes.to(device), "labels": torch.tensor([a["label"] for a in anns], dtype=torch.int64).to(device)}
+        return {
+            "boxes": boxes.to(device),
+            "labels": torch.tensor([a["label"] for a in anns], dtype=torch.int64).to(device),
+        }
 
     def __call__(self, images: List[torch.Tensor], infos: List[Mapping]) -> None:
         model = self.model
