@@ -187,6 +187,14 @@ def test_default_best_metric_by_task():
     assert hooks_module.default_best_metric("detection", ["coco_val"], "coco") == "coco_val/AP"
     assert hooks_module.default_best_metric("detection", ["voc07"], "voc07") == "voc07/mAP"
     assert hooks_module.default_best_metric("detection", ["x"], None) == "x/AP|x/mAP"  # what the data gives
+    errors = EarlyStopping("val/top1_err", patience=1, min_delta=0.5).tracked
+    assert errors.mode == "min"  # by its name
+    errors.best = 10.0
+    assert errors.improves(9.4) and not errors.improves(9.6) and not errors.improves(11.0)
+    ap = BestCheckpoint("x/AP|x/mAP").tracked
+    assert ap.mode == "max" and ap.value({"x/mAP": 0.3, "x/loss": 1.0}) == ("x/mAP", 0.3)
+    with pytest.raises(ConfigError, match="train.best.mode='up': use max or min"):
+        BestCheckpoint("x/AP", mode="up")
 
 
 def test_best_checkpoint_and_early_stopping_write_why_and_the_summary(tmp_path, caplog):

@@ -451,7 +451,7 @@ def _peak_memory_mb(device: torch.device) -> float:
 
 
 class RunSummary(HookBase):
-    """One line at the end of every run (finished, stopped early or interrupted), also written as
+    """One line at the end of every run (finished, stopped early, interrupted or failed), also written as
     ``summary.json``: best metric and iteration, final metric, training time, images/s, peak memory.
 
     Time and images add up over the resumed parts of a run (they are in this hook's state).
@@ -484,7 +484,12 @@ class RunSummary(HookBase):
         if metric is not None:
             found = best.tracked.value(metrics)
             final_value = found[1] if found else None
-        status = "stopped early" if t.stop_reason else ("finished" if t.iter >= t.max_iter else "interrupted")
+        if t.stop_reason:
+            status = "stopped early"
+        elif t.iter >= t.max_iter:
+            status = "finished"
+        else:  # a stop signal, or an error (then the log says which)
+            status = "interrupted" if t.stop_agreed else "failed"
         summary = {
             "status": status,
             "iteration": t.iter,

@@ -397,7 +397,9 @@ class Trainer:
             "meta": self.meta,
             "skipped_steps": self.skipped_steps,
             "stop_reason": self.stop_reason,
-            "hooks": {h.name: h.state_dict() for h in self.hooks if h.state_dict()},
+            "hooks": {
+                name: hook_state for name, hook_state in ((h.name, h.state_dict()) for h in self.hooks) if hook_state
+            },
         }
         if self.dist.world_size > 1:
             # Each rank draws its own random numbers (e.g. RPN sampling on its own GPU stream).
