@@ -39,6 +39,7 @@ import torch
 from torch import nn
 
 from backbones import Registry
+from resnet_det.config.validate import check_early_stopping, check_ema_decay
 from resnet_det.engine.checkpoint import capture_rng_state, restore_rng_state
 from resnet_det.errors import ConfigError
 from resnet_det.utils.comm import all_gather_object, reduce_dict
@@ -111,8 +112,7 @@ class EMA(HookBase):
     running statistics too); integer buffers are copied."""
 
     def __init__(self, decay: float, use_for_eval: bool = True):
-        if not 0 < decay < 1:
-            raise ConfigError(f"train.ema.decay={decay}: give a decay in (0, 1), e.g. 0.9998")
+        check_ema_decay(decay)
         self.decay = decay
         self.use_for_eval = use_for_eval
         self.module: Optional[nn.Module] = None
@@ -340,10 +340,9 @@ class EarlyStopping(HookBase):
     ``min_delta``; the loop then writes the final checkpoint of that iteration."""
 
     def __init__(self, metric: str, patience: int, mode: Optional[str] = None, min_delta: float = 0.0):
+        check_early_stopping(patience, min_delta)
         if patience < 1:
             raise ConfigError(f"train.early_stopping.patience={patience}: give at least 1 evaluation (0: off)")
-        if min_delta < 0:
-            raise ConfigError(f"train.early_stopping.min_delta={min_delta}: must be >= 0")
         self.tracked = _Tracked(metric, mode, min_delta)
         self.patience = patience
         self.bad_evals = 0
