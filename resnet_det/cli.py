@@ -127,9 +127,16 @@ def training_overrides(args, weights_key: str, data_root_key: str) -> list:
             raise ConfigError(f"--batch-size {args.batch_size}: give a positive number of images")
         out.append(f"solver.batch_size={args.batch_size}")
     if args.lr is not None:
-        # An explicit lr is the lr to use: make the scaling rule an identity.
+        # An explicit lr is the lr to use: make the scaling rule an identity (its batch is the
+        # effective one, batch_size * accumulate_steps).
+        from omegaconf import OmegaConf
+
+        def product(a: int, b: int) -> int:
+            return int(a) * int(b)
+
+        OmegaConf.register_resolver("resnet_det_product", product, replace=True)
         out.append(f"solver.base_lr={args.lr}")
-        out.append("solver.reference_batch_size=${solver.batch_size}")
+        out.append("solver.reference_batch_size=${resnet_det_product:${solver.batch_size},${solver.accumulate_steps}}")
     if args.weights:
         # "none": from scratch (random initialisation), whatever weights the recipe names.
         out.append(f"{weights_key}=null" if args.weights.lower() == "none" else f"{weights_key}={args.weights}")

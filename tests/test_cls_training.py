@@ -120,6 +120,22 @@ def test_the_final_evaluation_is_the_models_error_on_the_val_set(tmp_path):
     assert results["val/top1_err"] == pytest.approx(100 * (1 - hits1 / total))
     assert results["val/top5_err"] == pytest.approx(100 * (1 - hits5 / total))
     assert 0 < results["val/top5_err"] < results["val/top1_err"]
+    assert results["val/loss"] > 0  # the validation loss, logged beside the errors
+
+    # The only evaluation is the best one: model_best.pth holds the final weights, and says so.
+    best = torch.load(tmp_path / "run" / "model_best.pth", weights_only=True)
+    assert best["best"] == {
+        "metric": "val/top1_err",
+        "mode": "min",
+        "value": results["val/top1_err"],
+        "iteration": 2,
+        "ema": False,
+    }
+    final = torch.load(tmp_path / "run" / "model_final.pth", weights_only=True)
+    assert all(torch.equal(best["model"][k], v) for k, v in final["model"].items())
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["status"] == "finished" and summary["best_iteration"] == 2
+    assert summary["final_value"] == results["val/top1_err"] and summary["images_per_second"] > 0
 
 
 def test_resume_gives_the_weights_of_a_straight_run(tmp_path):
@@ -218,6 +234,11 @@ def test_epochs_set_the_length_and_the_lr_drops():
         ClassificationConfig, CONFIGS / "imagenet_r50_torchvision.yaml", ["solver.epochs=null", "solver.max_iter=100"]
     )
     assert derive_schedule(cut.solver, 1281167) == (100, [150137, 300274])
+    # Accumulating 2 micro-batches per step: an effective batch of 512, half the steps an epoch.
+    accumulating = load_config(
+        ClassificationConfig, CONFIGS / "imagenet_r50_torchvision.yaml", ["solver.accumulate_steps=2"]
+    )
+    assert derive_schedule(accumulating.solver, 1281167) == (225206, [75069, 150137])
     # A recipe in iterations (CIFAR-10's 32k/48k/64k) is left as it is.
     cifar = load_config(ClassificationConfig, CONFIGS / "cifar10_resnet.yaml")
     assert derive_schedule(cifar.solver, 50000) == (64000, [32000, 48000])

@@ -36,6 +36,11 @@ ROOT = Path(__file__).resolve().parents[1]
         ("datasets.bad_boxes=fix", "datasets.bad_boxes=fix is not possible: a box .*; use skip or stop"),
         ("datasets.missing_image=ignore", "datasets.missing_image='ignore': use one of fix, skip, stop"),
         ("test.metric=voc12", "test.metric='voc12': unknown metric 'voc12'"),
+        ("solver.accumulate_steps=0", "solver.accumulate_steps=0: must be at least 1"),
+        ("train.ema.decay=1", r"train.ema.decay=1.0: give a decay in \(0, 1\)"),
+        ("train.early_stopping.patience=-1", "train.early_stopping.patience=-1: give a number of evaluations"),
+        ("train.early_stopping.min_delta=-0.1", "train.early_stopping.min_delta=-0.1: must be >= 0"),
+        ("train.best.mode=up", "train.best.mode='up': use one of max, min"),
     ],
 )
 def test_a_bad_detection_value_fails_as_the_config_loads(override, message):

@@ -127,6 +127,30 @@ def test_two_workers_train_together_and_only_rank_0_writes(tmp_path):
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
 
 
+def test_accumulated_gradients_are_all_reduced_on_the_last_micro_step_only(tmp_path):
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        str(SCRIPT),
+        "--output",
+        str(tmp_path),
+        "--max-iter",
+        "4",
+        "--accumulate",
+        "3",
+    ]
+    run = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    digests = dict(line.split(" weights ") for line in run.stdout.splitlines() if " weights " in line)
+    assert digests["rank 0"] == digests["rank 1"]
+    # The toy model's gradients fit one DDP bucket: one all-reduce per iteration, not per micro-batch.
+    reduces = dict(line.split(" gradient all-reduces ") for line in run.stdout.splitlines() if "all-reduces" in line)
+    assert reduces == {"rank 0": "4", "rank 1": "4"}
+
+
 def _launch_two(output: Path, *extra: str):
     """Two workers started by hand with torchrun's environment, so the test controls each one."""
     common = dict(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()), WORLD_SIZE="2")

@@ -162,3 +162,46 @@ def test_eval_run_writes_the_report(run_dir, tmp_path):
     assert len(report["config_hash"]) == 12
     for name in ("report.md", "pr_curves.png", "detections.json"):
         assert (out / name).is_file()
+
+
+def _tool(name):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"{name}_tool", REPO / "tools" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_checkpoint_best_is_used_when_asked_and_the_report_says_so(run_dir, tmp_path, capsys):
+    import shutil
+
+    run, images = run_dir
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    with pytest.raises(CheckpointError, match=f"{copy} holds no model_best.pth: .*use --checkpoint last"):
+        load_detector(run=copy, checkpoint="best")
+    state = torch.load(copy / "model_final.pth", weights_only=True)
+    weights = {k: v + 0.01 if v.is_floating_point() else v for k, v in state["model"].items()}
+    best = {"metric": "tiny/AP", "mode": "max", "value": 0.25, "iteration": 6, "ema": True}
+    torch.save({**state, "model": weights, "iteration": 6, "best": best}, copy / "model_best.pth")
+
+    loaded = load_detector(run=copy, checkpoint="best")
+    assert loaded.checkpoint == copy / "model_best.pth" and loaded.best == best
+    assert loaded.describe() == f"checkpoint {copy / 'model_best.pth'} (best tiny/AP 0.25, EMA weights, iteration 6)"
+    assert torch.equal(
+        loaded.model.state_dict()["roi_heads.box_predictor.cls_score.bias"],
+        weights["roi_heads.box_predictor.cls_score.bias"],
+    )
+    assert load_detector(run=copy).checkpoint == copy / "model_final.pth"  # the default is unchanged
+
+    _tool("eval").main(["--run", str(copy), "--checkpoint", "best", "--output", str(tmp_path / "eval")])
+    assert "evaluating checkpoint " + str(copy / "model_best.pth") in capsys.readouterr().err
+    report = json.loads((tmp_path / "eval" / "report.json").read_text())
+    assert report["checkpoint"] == str(copy / "model_best.pth") and report["best_checkpoint"] == best
+
+    image = next(iter(sorted(images.iterdir())))
+    _tool("infer").main(
+        ["--run", str(copy), "--checkpoint", "best", "--input", str(image), "--output", str(tmp_path / "out")]
+    )
+    assert "detecting with checkpoint " + str(copy / "model_best.pth") in capsys.readouterr().err

@@ -124,7 +124,13 @@ def cls_cmd(data, output):
         "dataloader.num_workers=2",
         "train.checkpoint_period=2",
         "train.log_period=2",
-        "train.eval_period=0",
+        # Every hook with a state on: EMA, best checkpoint, early stopping (patient enough not to
+        # stop), with gradient accumulation.
+        "train.eval_period=2",
+        "train.ema.enabled=true",
+        "train.ema.decay=0.5",
+        "train.early_stopping.patience=100",
+        "solver.accumulate_steps=2",
         "input.crop_size=16",
         "input.scale_range=[16,20]",
         "input.test_resize=18",
@@ -141,6 +147,12 @@ def test_train_cls_killed_and_resumed_equals_uninterrupted(tmp_path):
     proc = run(cls_cmd(data, killed) + ["--resume"])
     assert f"resumed {killed} at iteration" in proc.stderr
     assert_bit_equal(_weights(straight / "model_final.pth"), _weights(killed / "model_final.pth"))
+    last = f"model_{MAX_ITER:07d}.pth"
+    a, b = (torch.load(run / last, map_location="cpu", weights_only=True)["hooks"] for run in (straight, killed))
+    assert set(a) == {"EMA", "BestCheckpoint", "EarlyStopping", "RunSummary"}
+    assert_bit_equal(a["EMA"]["weights"], b["EMA"]["weights"])
+    assert a["BestCheckpoint"] == b["BestCheckpoint"] and a["EarlyStopping"] == b["EarlyStopping"]
+    assert_bit_equal(_weights(straight / "model_best.pth"), _weights(killed / "model_best.pth"))
 
 
 def test_torchrun_replicas_hold_equal_weights(tmp_path, tiny_coco):

@@ -130,6 +130,17 @@ def test_both_heads_train_and_the_loss_falls(tmp_path, tiny_coco, head):
     assert list((out / "tb").iterdir())
     report = json.loads((out / "eval" / "custom_val" / "report.json").read_text())
     assert report["metric"] == "coco" and set(report["summary"]) >= {"AP", "AP50", "AR100"}
+    # The validation losses of both heads, from the same pass, beside AP in metrics.jsonl.
+    final_eval = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()][-1]
+    parts = ("loss_objectness", "loss_rpn_box_reg", "loss_classifier", "loss_box_reg")
+    assert {f"custom_val/{k}" for k in ("AP", "loss", *parts)} <= set(final_eval)
+    assert final_eval["custom_val/loss"] == pytest.approx(sum(final_eval[f"custom_val/{k}"] for k in parts))
+    assert report["losses"]["loss"] == final_eval["custom_val/loss"]
+    best = torch.load(out / "model_best.pth", weights_only=True)["best"]
+    assert best["metric"] == "custom_val/AP" and best["mode"] == "max" and best["iteration"] == 20
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "finished" and summary["best_metric"] == "custom_val/AP"
+    assert "summary: finished at iteration 20/20, best custom_val/AP " in proc.stderr
     saved = load_config(DetectionConfig, out / "config.yaml")
     assert saved.model.head == head and saved.solver.max_iter == 20
 

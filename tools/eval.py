@@ -4,6 +4,7 @@ Examples:
   python tools/eval.py --results dets.json --gt instances_val2017.json --output out/
   python tools/eval.py --results dets.json --dataset voc_2007_test --data-root datasets/
   python tools/eval.py --run output/voc_r101_c4                  # its newest checkpoint (also while training)
+  python tools/eval.py --run output/voc_r101_c4 --checkpoint best  # its model_best.pth
   python tools/eval.py --config configs/voc/faster_rcnn_c4.yaml --weights model_final.pth --dataset voc_2007_test
   torchrun --nproc_per_node=8 tools/eval.py --run output/coco_r101_c4
   python tools/eval.py --compare a/report.json b/report.json --output cmp/   # and cmp/compare.html
@@ -69,6 +70,12 @@ def parse_args(argv=None):
         metavar="CKPT",
         help="the checkpoint to evaluate with --config; or torchvision's detector: "
         "torchvision:fasterrcnn_resnet50_fpn_coco or its .pth state dict",
+    )
+    parser.add_argument(
+        "--checkpoint",
+        choices=("last", "best"),
+        default="last",
+        help="with --run: its newest checkpoint (last, the default) or model_best.pth (best)",
     )
     parser.add_argument("--gt", metavar="FILE", help="COCO instances file that --results is scored against")
     parser.add_argument("--dataset", metavar="NAME", help="registered split (default: the config's first test set)")
@@ -164,7 +171,9 @@ def evaluate_model(args):
     overrides = [*args.opts, *([f"train.device={args.device}"] if args.device else [])]
     overrides += [f"datasets.root={args.data_root}"] if args.data_root else []
     with trust_checkpoints(args.trust_checkpoint):
-        loaded = load_detector(run=args.run, config=args.config, weights=args.weights, overrides=overrides)
+        loaded = load_detector(
+            run=args.run, config=args.config, weights=args.weights, overrides=overrides, checkpoint=args.checkpoint
+        )
     print(f"evaluating {loaded.describe()}", file=sys.stderr)
     cfg = loaded.cfg
     register_from_config(cfg.datasets)
@@ -187,6 +196,8 @@ def evaluate_model(args):
     metric = args.metric or cfg.test.metric
     report = evaluate_detections(detections, records, metadata, metric, source=str(loaded.checkpoint), **_scoring(args))
     report.update(checkpoint=str(loaded.checkpoint), config_hash=config_hash(cfg))
+    if loaded.best:
+        report["best_checkpoint"] = loaded.best
     return report, detections, (records, metadata)
 
 

@@ -42,6 +42,12 @@ def parse_args(argv=None):
         help="a detection checkpoint (with --config, or to pick one of --run's); or torchvision's detector: "
         "torchvision:fasterrcnn_resnet50_fpn_coco or its .pth state dict",
     )
+    parser.add_argument(
+        "--checkpoint",
+        choices=("last", "best"),
+        default="last",
+        help="with --run: its newest checkpoint (last, the default) or model_best.pth (best)",
+    )
     parser.add_argument("--input", required=True, help="an image, a folder of images, or a video file")
     parser.add_argument("--output", required=True, metavar="DIR", help="where the drawn images and detections.json go")
     parser.add_argument(
@@ -67,7 +73,12 @@ def main(argv=None):
     device = resolve_device(args.device)
     with trust_checkpoints(args.trust_checkpoint):
         loaded = load_detector(
-            run=args.run, config=args.config, weights=args.weights, overrides=args.opts, device=device
+            run=args.run,
+            config=args.config,
+            weights=args.weights,
+            overrides=args.opts,
+            device=device,
+            checkpoint=args.checkpoint,
         )
     print(f"detecting with {loaded.describe()}", file=sys.stderr)
     predictor = Predictor(loaded, device, score_thresh=args.score_thresh)

@@ -19,7 +19,8 @@ configs/classification/cifar10_r110.yaml
 (with --model for deeper ones); data.holdout_val=true trains on 45k CIFAR-10 images and validates
 on the other 5k, as the paper tunes. Data: <data-root>/imagenet/{train,val}/<class>/*.JPEG,
 <data-root>/cifar10/cifar-10-batches-py/. The learning rate follows the linear scaling rule
-(lr = solver.base_lr * batch_size / solver.reference_batch_size) unless --lr gives it outright.
+(lr = solver.base_lr * batch_size * solver.accumulate_steps / solver.reference_batch_size) unless --lr
+gives it outright.
 The checkpoints (model_final.pth) are backbone weights for train_det.py --weights.
 """
 

@@ -13,7 +13,7 @@ Examples:
 --dataset coco|voc|shapes picks the recipe configs/<dataset>/faster_rcnn_<head>.yaml; any other
 name (e.g. voc_2012_trainval, or one of datasets.custom) is used as the training set of the
 chosen config. The learning rate follows the linear scaling rule: lr = solver.base_lr *
-batch_size / solver.reference_batch_size, unless --lr gives it outright.
+batch_size * solver.accumulate_steps / solver.reference_batch_size, unless --lr gives it outright.
 """
 
 import argparse

@@ -188,6 +188,33 @@ class SolverConfig:
     warmup_method: WarmupMethod = "linear"
     clip_grad_norm: Optional[float] = None
     nonfinite_loss: NonfiniteLoss = "stop"  # skip: drop that step and go on
+    # Micro-batches of batch_size images per optimiser step: an effective batch of
+    # batch_size * accumulate_steps, which the linear scaling rule and epochs count with.
+    accumulate_steps: int = 1
+
+
+@dataclass
+class BestConfig:
+    """model_best.pth (and early stopping) follow this metric of the evaluations."""
+
+    enabled: bool = True  # keep model_best.pth (only where the run evaluates)
+    # A key of the evaluation's metrics as in metrics.jsonl (e.g. shapes_val/AP50, val/top1_err);
+    # null = AP (COCO) or mAP (VOC) of the first test set; val/top1_err for classification.
+    metric: Optional[str] = None
+    mode: Optional[Literal["max", "min"]] = None  # null = min for errors and losses, else max
+
+
+@dataclass
+class EarlyStoppingConfig:
+    patience: int = 0  # evaluations in a row without improvement of train.best.metric; 0 = off
+    min_delta: float = 0.0  # what counts as an improvement, in the metric's units
+
+
+@dataclass
+class EMAConfig:
+    enabled: bool = False  # keep an exponential moving average of the weights
+    decay: float = 0.9998  # per optimiser step
+    use_for_eval: bool = True  # evaluations and model_best.pth use the averaged weights
 
 
 @dataclass
@@ -206,6 +233,12 @@ class TrainConfig:
     # shapes few (input.size_divisibility) or it benchmarks anew for every new shape.
     cudnn_benchmark: bool = True
     collective_timeout_s: int = 600  # a dead torchrun worker stops the others after this
+    best: BestConfig = field(default_factory=BestConfig)
+    early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
+    ema: EMAConfig = field(default_factory=EMAConfig)
+    # Extra hooks (resnet_det.engine.hooks.HookBase): names registered in engine.hooks.HOOKS or
+    # dotted paths (my_package.hooks.MyHook), run in this order before the checkpointer.
+    hooks: List[str] = field(default_factory=list)
 
 
 @dataclass
@@ -221,6 +254,9 @@ class TestConfig:
     )
     fold_frozen_bn: bool = True  # fast path: fold frozen BN into the convolutions for inference
     compile_backbone: Optional[str] = None  # fast path: a torch.compile backend (e.g. inductor); null = eager
+    # Evaluations during training also give the RPN and RoI-head losses on the test set (seeded
+    # sampling as in training), in the same pass as the detections, which they leave unchanged.
+    val_loss: bool = True
 
 
 @dataclass

@@ -58,6 +58,8 @@ def validate_config(cfg: DictConfig) -> None:
     )
     check_batch_and_lr(cfg.solver)
     check_schedule(cfg.solver, list(cfg.solver.steps))
+    check_ema_decay(cfg.train.ema.decay)
+    check_early_stopping(cfg.train.early_stopping.patience, cfg.train.early_stopping.min_delta)
     if OmegaConf.get_type(cfg) is DetectionConfig:
         for kind in BAD_RECORD_CHOICES:
             check_bad_record_action(kind, cfg.datasets[kind])
@@ -153,6 +155,26 @@ def check_trainer_settings(
             raise ConfigError(f"{key}={value}: must be at least {least}")
 
 
+def check_accumulate_steps(steps: int) -> None:
+    """``solver.accumulate_steps``: micro-batches per optimiser step."""
+    if steps < 1:
+        raise ConfigError(f"solver.accumulate_steps={steps}: must be at least 1 (1: no accumulation)")
+
+
+def check_ema_decay(decay: float) -> None:
+    """``train.ema.decay``: the weight of the average so far at each step."""
+    if not 0 < decay < 1:
+        raise ConfigError(f"train.ema.decay={decay}: give a decay in (0, 1), e.g. 0.9998")
+
+
+def check_early_stopping(patience: int, min_delta: float) -> None:
+    """``train.early_stopping``: evaluations without improvement (0: off) and what improves."""
+    if patience < 0:
+        raise ConfigError(f"train.early_stopping.patience={patience}: give a number of evaluations (0: off)")
+    if min_delta < 0:
+        raise ConfigError(f"train.early_stopping.min_delta={min_delta}: must be >= 0")
+
+
 def check_batch_and_lr(solver_cfg) -> None:
     """Batch sizes and the learning rate that the linear scaling rule reads."""
     for key in ("batch_size", "reference_batch_size"):
@@ -160,6 +182,7 @@ def check_batch_and_lr(solver_cfg) -> None:
             raise ConfigError(f"solver.{key}={getattr(solver_cfg, key)}: must be a positive number of images")
     if not solver_cfg.base_lr > 0:
         raise ConfigError(f"solver.base_lr={solver_cfg.base_lr}: must be positive")
+    check_accumulate_steps(solver_cfg.accumulate_steps)
 
 
 def check_schedule(solver_cfg, steps: Sequence[int]) -> None:

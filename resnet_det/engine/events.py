@@ -95,6 +95,12 @@ class EventWriter:
             fields = "  ".join(f"{k} {v}" for k, v in shown.items())
             logger.info("iter %d/%d  %s%s", iteration, self.max_iter, fields, eta_text)
 
+    def write_note(self, iteration: int, fields: Mapping[str, object]) -> None:
+        """A metrics.jsonl line that is not scalars (why training stopped): neither plotted nor
+        sent to TensorBoard."""
+        self._metrics.write(json.dumps({"iteration": iteration, **fields}) + "\n")
+        self._metrics.flush()
+
     def close(self) -> None:
         self._bar.close()
         self._tb.close()

@@ -6,7 +6,7 @@ Under ``torchrun`` the shards are gathered on every rank, so rank 0 can evaluate
 """
 
 import logging
-from typing import Dict, Iterable, List, Mapping
+from typing import Callable, Dict, Iterable, List, Mapping, Optional
 
 import torch
 from tqdm import tqdm
@@ -46,8 +46,10 @@ def run_inference(
     label_to_category_id: Mapping[int, int],
     device: torch.device,
     progress: bool = True,
+    on_batch: Optional[Callable[[List[torch.Tensor], List[Mapping]], None]] = None,
 ) -> List[Dict]:
-    """Detections of ``model`` on every image of ``loader`` (all ranks' shards, gathered)."""
+    """Detections of ``model`` on every image of ``loader`` (all ranks' shards, gathered);
+    ``on_batch(images, infos)`` then sees each batch on the device (e.g. for validation losses)."""
     model.eval()
     non_blocking = device.type == "cuda"
     results: List[Dict] = []
@@ -65,6 +67,8 @@ def run_inference(
             images = [im.to(device, non_blocking=non_blocking) for im in images]
             for output, info in zip(model(images), infos):
                 results.extend(detections_to_coco(output, info, label_to_category_id))
+            if on_batch is not None:
+                on_batch(images, infos)
     if comm.get_world_size() > 1:
         results = [d for part in comm.all_gather_object(results) for d in part]
     results.sort(key=lambda d: (d["image_id"], -d["score"]))
@@ -72,10 +76,17 @@ def run_inference(
 
 
 def detect_on_records(
-    model: torch.nn.Module, cfg, records: List[Dict], metadata: Mapping, device: torch.device, progress: bool = True
+    model: torch.nn.Module,
+    cfg,
+    records: List[Dict],
+    metadata: Mapping,
+    device: torch.device,
+    progress: bool = True,
+    on_batch: Optional[Callable[[List[torch.Tensor], List[Mapping]], None]] = None,
 ) -> List[Dict]:
     """Detections of ``model`` on ``records`` through the test loader and the inference fast path
-    (``cfg.test``), each rank taking its shard. ``model`` itself is left as it was (trainable)."""
+    (``cfg.test``), each rank taking its shard. ``model`` itself is left as it was (trainable).
+    ``on_batch``: as in ``run_inference``."""
     loader = build_detection_test_loader(cfg, records, rank=comm.get_rank(), world_size=comm.get_world_size())
     fast = prepare_for_inference(
         model,
@@ -83,7 +94,9 @@ def detect_on_records(
         channels_last=device.type == "cuda",
         compile_backend=cfg.test.compile_backbone,
     )
-    detections = run_inference(fast, loader, metadata["label_to_category_id"], device, progress=progress)
+    detections = run_inference(
+        fast, loader, metadata["label_to_category_id"], device, progress=progress, on_batch=on_batch
+    )
     skipped = unreadable_files([loader.dataset])
     if skipped:
         logger.warning(

@@ -26,6 +26,7 @@ from resnet_det.config import DetectionConfig, apply_overrides, load_config
 from resnet_det.config.validate import validate_config
 from resnet_det.data.transforms import resize_shortest_edge
 from resnet_det.engine.checkpoint import FINAL_CHECKPOINT, Checkpointer
+from resnet_det.engine.hooks import BEST_CHECKPOINT
 from resnet_det.errors import CheckpointError, ConfigError
 from resnet_det.modeling import build_detector, prepare_for_inference
 from resnet_det.modeling.torchvision_weights import as_checkpoint, names_detector_weights
@@ -40,10 +41,14 @@ class LoadedDetector:
     meta: Dict
     checkpoint: Path
     iteration: Optional[int] = None
+    best: Optional[Dict] = None  # model_best.pth's record: metric, mode, value, iteration, ema
 
     def describe(self) -> str:
         """Which checkpoint this is, for the tools to print."""
         at = f" (iteration {self.iteration})" if self.iteration is not None else ""
+        if self.best:
+            weights = "EMA weights, " if self.best.get("ema") else ""
+            at = f" (best {self.best['metric']} {self.best['value']:.4g}, {weights}iteration {self.best['iteration']})"
         return f"checkpoint {self.checkpoint}{at}"
 
 
@@ -118,13 +123,26 @@ def load_detector(
     weights: Optional[Path] = None,
     overrides=(),
     device: torch.device = torch.device("cpu"),
+    checkpoint: str = "last",
 ) -> LoadedDetector:
-    """The detector of a run (``run``) or of ``config`` + ``weights``, in eval mode on ``device``.
+    """The detector of a run (``run``) or of ``config`` + ``weights``, in eval mode on ``device``;
+    ``checkpoint="best"`` takes a run's ``model_best.pth`` instead of its newest checkpoint.
 
     ``weights`` may also be a torchvision detector's (``torchvision_weights``): COCO's 80 classes.
     """
     if run is None and (config is None or weights is None):
         raise ConfigError("give --run DIR, or both --config FILE and --weights CHECKPOINT")
+    if checkpoint not in ("last", "best"):
+        raise ConfigError(f"--checkpoint {checkpoint}: use last or best")
+    if checkpoint == "best":
+        if run is None or weights is not None:
+            raise ConfigError("--checkpoint best picks a checkpoint of --run DIR: give --run without --weights")
+        weights = Path(run) / BEST_CHECKPOINT
+        if not weights.is_file():
+            raise CheckpointError(
+                f"{run} holds no {BEST_CHECKPOINT}: it is written at evaluations (train.eval_period, datasets.test) "
+                "while train.best.enabled; use --checkpoint last"
+            )
     if run is not None and weights is None:
         weights, state = load_run_checkpoint(Path(run))
     elif names_detector_weights(str(weights)):
@@ -157,7 +175,9 @@ def load_detector(
         raise CheckpointError(f"{weights} does not fit the model of {config}: {first}") from None
     model.to(device).eval()
     iteration = state.get("iteration")
-    return LoadedDetector(model, cfg, meta, weights, int(iteration) if iteration is not None else None)
+    return LoadedDetector(
+        model, cfg, meta, weights, int(iteration) if iteration is not None else None, best=state.get("best")
+    )
 
 
 class Predictor:

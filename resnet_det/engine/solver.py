@@ -41,11 +41,13 @@ def scaled_lr(solver_cfg) -> float:
     Goyal et al. 2017 ("Accurate, Large Minibatch SGD"): when the mini-batch is multiplied by k,
     multiply the learning rate by k. ``solver.base_lr`` is given for
     ``solver.reference_batch_size`` images (the recipe's batch, e.g. the paper's 8 for COCO,
-    128 for CIFAR-10), so a run with ``solver.batch_size`` images uses
-    ``base_lr * batch_size / reference_batch_size``.
+    128 for CIFAR-10), so a run with an effective batch of ``solver.batch_size`` images times
+    ``solver.accumulate_steps`` micro-batches per step uses
+    ``base_lr * batch_size * accumulate_steps / reference_batch_size``.
     """
     check_batch_and_lr(solver_cfg)
-    return solver_cfg.base_lr * solver_cfg.batch_size / solver_cfg.reference_batch_size
+    effective = solver_cfg.batch_size * solver_cfg.accumulate_steps
+    return solver_cfg.base_lr * effective / solver_cfg.reference_batch_size
 
 
 def build_optimizer(model: nn.Module, solver_cfg) -> torch.optim.SGD:

@@ -1,9 +1,10 @@
 """Training a ResNet classifier from a config: what tools/train_cls.py runs.
 
 Builds the data loaders, the model, the solver and the shared ``Trainer`` (the loop detection uses
-too: checkpoints, resuming, mixed precision, DDP, metrics.jsonl, TensorBoard). Each log line
-carries the training loss and top-1 error of its window, each evaluation the validation top-1 /
-top-5 error (``val/...``, percent). Checkpoints record the ``meta`` that ``backbones.load_weights``
+too: checkpoints, resuming, mixed precision, DDP, metrics.jsonl, TensorBoard, and the hooks of
+``train.best`` / ``early_stopping`` / ``ema``). Each log line carries the training loss and top-1
+error of its window, each evaluation the validation loss and top-1 / top-5 error (``val/...``,
+percent). Checkpoints record the ``meta`` that ``backbones.load_weights``
 reads, so they load into ``build_backbone`` and ``train_det.py --weights`` as they are.
 """
 
@@ -31,12 +32,13 @@ logger = logging.getLogger(__name__)
 
 def derive_schedule(solver_cfg, train_size: int) -> Tuple[int, List[int]]:
     """``(max_iter, steps)`` in iterations; epoch counts, where the recipe gives them, are converted
-    with ``train_size / solver.batch_size`` iterations per epoch (rounded up).
+    with ``train_size / (solver.batch_size * solver.accumulate_steps)`` iterations (optimiser
+    steps) per epoch, rounded up.
 
     ``solver.epochs`` sets the length and ``solver.step_epochs`` the lr drops, independently: a run
     cut short with ``--max-iter`` keeps the drops where the full schedule has them.
     """
-    per_epoch = train_size / solver_cfg.batch_size
+    per_epoch = train_size / (solver_cfg.batch_size * solver_cfg.accumulate_steps)
     max_iter, steps = solver_cfg.max_iter, list(solver_cfg.steps)
     if solver_cfg.epochs is not None:
         if solver_cfg.epochs <= 0:
@@ -183,6 +185,7 @@ def _train_classifier(cfg: DictConfig, run: TrainingRun) -> Dict[str, float]:
         step_fn=step_fn,
         eval_fn=eval_fn,
         meta=meta,
+        kind="classification",
     )
     run.start(trainer, cfg)
     if dist.is_main:
@@ -193,6 +196,6 @@ def _train_classifier(cfg: DictConfig, run: TrainingRun) -> Dict[str, float]:
             cfg.data.dataset,
             num_classes,
             max_iter,
-            max_iter * cfg.solver.batch_size / train_size,
+            max_iter * cfg.solver.batch_size * cfg.solver.accumulate_steps / train_size,
         )
     return trainer.train()

@@ -2,8 +2,8 @@
 
 Builds the datasets, the detector, the solver and the shared ``Trainer``; writes the resolved
 ``config.yaml`` and the data report into the run folder before the first iteration, evaluates at
-``eval_period`` and at the end, and leaves the mAP report of the last evaluation beside the
-checkpoints. The set-up is ``engine.run``'s: the run folder's lock is held from the start, and
+``eval_period`` and at the end (mAP and, with ``test.val_loss``, the validation losses, in one
+pass), and leaves the mAP report of the last evaluation beside the checkpoints. The set-up is ``engine.run``'s: the run folder's lock is held from the start, and
 nothing is written before the trainer has accepted the folder (a new run, or one to resume), so a
 refused call changes nothing. The data report is updated at the end with the images found
 undecodable.
@@ -24,6 +24,7 @@ from resnet_det.engine.inference import detect_on_records
 from resnet_det.engine.run import TrainingRun, training_run
 from resnet_det.engine.solver import build_lr_scheduler, build_optimizer
 from resnet_det.engine.trainer import Trainer
+from resnet_det.engine.val_loss import DetectionLossMeter
 from resnet_det.errors import ConfigError, DatasetError
 from resnet_det.evaluation.evaluator import evaluate_detections
 from resnet_det.evaluation.report import format_table, write_report
@@ -69,14 +70,24 @@ def evaluate_detector(
     output_dir: Path,
     checkpoint: str = "",
     progress: bool = True,
+    val_loss: bool = False,
 ) -> Dict:
-    """Inference on one registered split, then its metric; rank 0 writes the report files."""
+    """Inference on one registered split, then its metric; rank 0 writes the report files.
+
+    With ``val_loss``, the same pass also gives the training losses on the split
+    (``engine.val_loss``), as the report's ``losses``."""
     records, metadata = get_dataset(dataset_name, root=cfg.datasets.root, policy=cfg.datasets)
-    detections = detect_on_records(model, cfg, records, metadata, device, progress=progress)
+    meter = DetectionLossMeter(model, records, seed=cfg.train.seed, use_difficult=cfg.datasets.use_difficult)
+    detections = detect_on_records(
+        model, cfg, records, metadata, device, progress=progress, on_batch=meter if val_loss else None
+    )
+    losses = meter.result() if val_loss else {}
     report = {}
     if comm.is_main_process():
         report = evaluate_detections(detections, records, metadata, metric=cfg.test.metric)
         report.update({"dataset": dataset_name, "checkpoint": checkpoint, "config_hash": config_hash(cfg)})
+        if val_loss:
+            report["losses"] = losses
         write_report(report, detections, output_dir)
         logger.info("evaluation on %s (%s):\n%s", dataset_name, checkpoint, format_table(report))
     return report
@@ -164,8 +175,10 @@ def _train_detector(cfg: DictConfig, run: TrainingRun) -> Dict:
                 dist.device,
                 output_dir / "eval" / output_name(name),
                 checkpoint=f"iteration {iteration}",
+                val_loss=cfg.test.val_loss,
             )
             scores.update({f"{name}/{k}": v for k, v in report.get("summary", {}).items()})
+            scores.update({f"{name}/{k}": v for k, v in report.get("losses", {}).items()})
         return scores
 
     trainer = Trainer.from_config(
@@ -178,6 +191,8 @@ def _train_detector(cfg: DictConfig, run: TrainingRun) -> Dict:
         step_fn=step_fn,
         eval_fn=eval_fn if len(cfg.datasets.test) else None,
         meta=meta,
+        kind="detection",
+        metric=cfg.test.metric,
     )
     run.start(trainer, cfg)
     if dist.is_main:

@@ -2,12 +2,14 @@
 
 The loop knows nothing of images or boxes: it is given a model, an optimiser and schedule, a
 ``make_loader(start_iter)`` that yields batches from any iteration on, and a ``step_fn`` that
-turns a batch into losses. What it owns is everything around that: mixed precision, gradient
-clipping, non-finite losses, periodic checkpoints and evaluation, logging, resuming, signals and
-multi-process training, all under the run folder's lock (``run_lock``: one writer per folder).
+turns a batch into losses. The loop itself runs the step (mixed precision, gradient accumulation,
+clipping, the non-finite loss policy) and makes the ranks agree on stopping and on non-finite
+losses; everything periodic (logging, evaluation, the best checkpoint, early stopping, EMA,
+checkpoints, signals, the end-of-run summary) is a hook of ``engine.hooks``. Training runs under
+the run folder's lock (``run_lock``: one writer per folder), with one process or several.
 
 Exact resumption: the checkpoint of iteration k holds the state the loop has right after
-finishing iteration k (model, optimiser, schedule, grad scaler, and every RNG), so resuming from
+finishing iteration k (model, optimiser, schedule, grad scaler, every RNG and every hook's state), so resuming from
 it and training to N gives, on CPU, bit for bit the weights of an uninterrupted run to N, provided
 ``make_loader(k)`` yields the same batches the uninterrupted run saw from k on. An iteration's
 evaluation runs before its checkpoint is written, so a schedule that reads evaluation metrics
@@ -20,11 +22,10 @@ import os
 import random
 import re
 import signal
-import threading
 import time
 from collections import defaultdict
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -32,13 +33,14 @@ import torch.distributed as torch_dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from resnet_det.config.validate import check_trainer_settings
+from resnet_det.config.validate import check_accumulate_steps, check_trainer_settings
 from resnet_det.engine.checkpoint import FINAL_CHECKPOINT, Checkpointer, capture_rng_state, restore_rng_state
 from resnet_det.engine.distributed import DistInfo
 from resnet_det.engine.events import EventWriter
+from resnet_det.engine.hooks import EMA, HookBase, PeriodicCheckpointer, build_hooks
 from resnet_det.engine.run_lock import hold_run_lock
 from resnet_det.errors import CheckpointError, ConfigError, TrainingError
-from resnet_det.utils.comm import all_gather_object, all_reduce_max, reduce_dict
+from resnet_det.utils.comm import all_gather_object, all_reduce_max
 from resnet_det.utils.file_io import remove_temporary_files
 
 __all__ = ["Trainer", "TrainingInterrupted", "PREEMPTED_EXIT_STATUS", "set_deterministic", "StepFn", "EvalFn"]
@@ -48,7 +50,6 @@ logger = logging.getLogger(__name__)
 StepFn = Callable[[nn.Module, Any], Tuple[Mapping[str, torch.Tensor], Mapping[str, float]]]
 EvalFn = Callable[[nn.Module, int], Optional[Mapping[str, float]]]
 
-_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)
 # The exit status after SIGTERM or SIGUSR1 (a scheduler's preemption or time-limit warning):
 # EX_TEMPFAIL of sysexits.h, "try again later". The checkpoint is saved, so running the same
 # command with --resume continues the run; Ctrl-C (SIGINT) exits with the shell's 130 instead.
@@ -120,26 +121,6 @@ def _first_line(error: BaseException, limit: int = 200) -> str:
     return line[:limit]
 
 
-class _Window:
-    """Sums of the scalars and timings since the last report, for averaged log lines."""
-
-    def __init__(self):
-        self.sums: Dict[str, float] = defaultdict(float)
-        self.counts: Dict[str, int] = defaultdict(int)
-        self.iters = 0
-        self.time = 0.0
-        self.data_time = 0.0
-        self.lr = 0.0  # the latest, not a mean: during warm-up a mean would lag
-
-    def add(self, scalars: Mapping[str, float]) -> None:
-        for key, value in scalars.items():
-            self.sums[key] += value
-            self.counts[key] += 1
-
-    def means(self) -> Dict[str, float]:
-        return {k: self.sums[k] / self.counts[k] for k in self.sums}
-
-
 class Trainer:
     """Train ``model`` from ``resume_or_start()``'s iteration to ``max_iter``; see the module doc.
 
@@ -149,14 +130,26 @@ class Trainer:
     ``eval_period`` iterations (0: only at the end) on every rank; rank 0's metrics are logged.
     Periods are counted in completed iterations: the checkpoint ``model_0000100.pth`` holds the
     state after 100 iterations.
+
+    With ``accumulate_steps`` N, one iteration is N micro-batches whose gradients add up before
+    the optimiser step (the loss of each is divided by N), so ``make_loader(k)`` must yield
+    micro-batches from the ``k``-th on; under DDP the gradients are all-reduced on the last one only.
+
+    Everything periodic is a hook (``resnet_det.engine.hooks``, where ``build_hooks`` orders them):
+    ``hooks`` holds those of ``build_hooks``; ``register_hooks`` adds a user's before the
+    checkpointer, so that their state is saved with the iteration.
     """
 
     @classmethod
-    def from_config(cls, cfg, *, dist: DistInfo, max_iter: Optional[int] = None, **parts) -> "Trainer":
+    def from_config(
+        cls, cfg, *, dist: DistInfo, max_iter: Optional[int] = None, kind: str, metric=None, **parts
+    ) -> "Trainer":
         """A trainer with the settings of ``cfg.solver`` and ``cfg.train`` (shared by detection and
-        classification); ``parts`` are the run's own: model, optimizer, scheduler, make_loader,
-        step_fn, eval_fn, meta."""
+        classification) and the hooks they ask for (``hooks.hooks_from_config``); ``parts`` are the
+        run's own: model, optimizer, scheduler, make_loader, step_fn, eval_fn, meta."""
         from omegaconf import OmegaConf
+
+        from resnet_det.engine.hooks import hooks_from_config
 
         return cls(
             max_iter=cfg.solver.max_iter if max_iter is None else max_iter,
@@ -168,10 +161,13 @@ class Trainer:
             amp=cfg.train.amp,
             clip_grad_norm=cfg.solver.clip_grad_norm,
             nonfinite_loss=cfg.solver.nonfinite_loss,
+            accumulate_steps=cfg.solver.accumulate_steps,
+            images_per_iter=cfg.solver.batch_size * cfg.solver.accumulate_steps,
             config_text=OmegaConf.to_yaml(cfg, resolve=True),
             max_keep=cfg.train.max_checkpoints_kept,
             dist=dist,
             channels_last=cfg.train.channels_last and dist.device.type == "cuda",
+            **hooks_from_config(cfg, kind, metric),
             **parts,
         )
 
@@ -193,24 +189,28 @@ class Trainer:
         amp: bool = False,
         clip_grad_norm: Optional[float] = None,
         nonfinite_loss: str = "stop",
+        accumulate_steps: int = 1,
         meta: Optional[Mapping[str, Any]] = None,
         config_text: str = "",
         max_keep: Optional[int] = 3,
         dist: Optional[DistInfo] = None,
         progress: bool = True,
         channels_last: bool = False,
+        ema: Optional[HookBase] = None,
+        best: Optional[HookBase] = None,
+        early_stopping: Optional[HookBase] = None,
+        user: Sequence[HookBase] = (),
+        images_per_iter: Optional[int] = None,
     ):
         check_trainer_settings(max_iter, checkpoint_period, log_period, eval_period, nonfinite_loss)
+        check_accumulate_steps(accumulate_steps)
         self.dist = dist if dist is not None else DistInfo(device=device or torch.device("cpu"))
         self.device = device if device is not None else self.dist.device
         self.max_iter = max_iter
         self.output_dir = Path(output_dir)
-        self.checkpoint_period = checkpoint_period
-        self.log_period = log_period
-        self.eval_fn = eval_fn
-        self.eval_period = eval_period
         self.clip_grad_norm = clip_grad_norm
         self.nonfinite_loss = nonfinite_loss
+        self.accumulate_steps = accumulate_steps
         self.meta = dict(meta or {})
         self.config_text = config_text
         self.progress = progress
@@ -233,8 +233,70 @@ class Trainer:
         self.start_iter: Optional[int] = None
         self.iter = 0
         self.skipped_steps = 0
-        self._stop_signal: Optional[int] = None
-        self._pid = os.getpid()
+        # What the step leaves for the hooks, and what the hooks leave for each other.
+        self.step_scalars: Dict[str, float] = {}
+        self.step_lr = 0.0
+        self.step_time = self.step_data_time = 0.0
+        self.stop_signal: Optional[int] = None  # set by StopOnSignal's handler
+        self.stop_agreed = False  # every rank has seen a stop signal by this step
+        self.stop_reason: Optional[str] = None  # a hook asked the loop to end (early stopping)
+        self.eval_metrics: Optional[Dict[str, float]] = None  # this iteration's evaluation
+        self.last_eval_metrics: Optional[Dict[str, float]] = None
+        self.last_checkpoint: Optional[Path] = None
+        self.results: Dict[str, float] = {}
+        self.events: Optional[EventWriter] = None
+        self._synced_at: Optional[int] = None
+        self._hook_states: Dict[str, Any] = {}
+        self.hooks: List[HookBase] = []
+        self._register(
+            build_hooks(
+                log_period=log_period,
+                checkpoint_period=checkpoint_period,
+                eval_fn=eval_fn,
+                eval_period=eval_period,
+                ema=ema,
+                best=best,
+                early_stopping=early_stopping,
+                user=user,
+                images_per_iter=images_per_iter,
+            )
+        )
+
+    # -- hooks ---------------------------------------------------------------------------------
+
+    def _register(self, hooks: Sequence[HookBase], at: Optional[int] = None) -> None:
+        names = [h.name for h in self.hooks] + [h.name for h in hooks]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ConfigError(
+                f"hook {', '.join(duplicates)} is there twice: their checkpointed states would mix; "
+                "give one a `name` property of its own"
+            )
+        for hook in hooks:
+            hook.trainer = self
+            if hook.name in self._hook_states:
+                hook.load_state_dict(self._hook_states[hook.name])
+        at = len(self.hooks) if at is None else at
+        self.hooks[at:at] = list(hooks)
+
+    def register_hooks(self, hooks: Sequence[HookBase]) -> None:
+        """Add ``hooks`` after the user's hooks so far, before the checkpointer (see ``hooks``).
+
+        Call it before ``resume_or_start`` or after: a resumed state reaches them either way."""
+        self._register(hooks, at=next(i for i, h in enumerate(self.hooks) if isinstance(h, PeriodicCheckpointer)))
+
+    @property
+    def eval_module(self) -> nn.Module:
+        """What evaluation and ``model_best.pth`` use: the EMA weights when asked, else the model."""
+        for hook in self.hooks:
+            if isinstance(hook, EMA) and hook.use_for_eval:
+                return hook._ensure_module()
+        return self.module
+
+    def request_stop(self, reason: str) -> None:
+        """End training after this iteration (a hook's decision, the same on every rank): the
+        checkpointer writes its checkpoint and ``model_final.pth``; ``reason`` is logged."""
+        self.stop_reason = reason
 
     # -- resuming ------------------------------------------------------------------------------
 
@@ -311,6 +373,17 @@ class Trainer:
         else:
             restore_rng_state(state["rng"])
         self.skipped_steps = int(state.get("skipped_steps", 0))
+        self.stop_reason = state.get("stop_reason")
+        self._hook_states = dict(state.get("hooks") or {})
+        for hook in self.hooks:
+            if hook.name in self._hook_states:
+                try:
+                    hook.load_state_dict(self._hook_states[hook.name])
+                except (RuntimeError, KeyError, ValueError) as e:
+                    raise CheckpointError(
+                        f"checkpoint {source}: the state of hook {hook.name} does not fit ({_first_line(e)}); "
+                        "resume with the config that wrote it"
+                    ) from e
 
     def _state(self) -> Dict[str, Any]:
         rng = capture_rng_state()
@@ -323,88 +396,70 @@ class Trainer:
             "config": self.config_text,
             "meta": self.meta,
             "skipped_steps": self.skipped_steps,
+            "stop_reason": self.stop_reason,
+            "hooks": {
+                name: hook_state for name, hook_state in ((h.name, h.state_dict()) for h in self.hooks) if hook_state
+            },
         }
         if self.dist.world_size > 1:
             # Each rank draws its own random numbers (e.g. RPN sampling on its own GPU stream).
             state["rng_per_rank"] = all_gather_object(rng)
         return state
 
-    def _sync_buffers(self) -> None:
-        """Give every replica rank 0's buffers (BatchNorm's running statistics).
+    def sync_buffers(self) -> None:
+        """Give every replica rank 0's buffers (BatchNorm's running statistics), once an iteration.
 
         DDP broadcasts them at the start of each forward, so training is unchanged; but after the
         last step each rank holds the statistics of its own batch, and sharded evaluation would
         otherwise run a slightly different model on each rank than the one rank 0 saves.
         """
-        if self.dist.world_size > 1:
-            for buffer in self.module.buffers():
-                torch_dist.broadcast(buffer, src=0)
+        if self.dist.world_size > 1 and self._synced_at != self.iter:
+            modules = [self.module] + ([self.eval_module] if self.eval_module is not self.module else [])
+            for module in modules:
+                for buffer in module.buffers():
+                    torch_dist.broadcast(buffer, src=0)
+        self._synced_at = self.iter
 
-    def _save(self) -> Path:
+    def save_checkpoint(self, final: bool = False) -> Path:
+        """The checkpoint of this iteration; with ``final``, ``model_final.pth`` too (the finished
+        model for evaluation and fine-tuning, without optimiser state)."""
         state = self._state()
         path = self.checkpointer.save(self.iter, state)
-        if self.iter == self.max_iter:
-            # The finished model for evaluation and fine-tuning; no optimiser state to carry.
-            final = {k: state[k] for k in ("model", "config", "meta")}
-            self.checkpointer.save_final({**final, "iteration": self.iter})
+        if final:
+            self.checkpointer.save_final({**{k: state[k] for k in ("model", "config", "meta")}, "iteration": self.iter})
+        self.last_checkpoint = path
         return path
-
-    # -- signals -------------------------------------------------------------------------------
-
-    def _on_signal(self, signum: int, frame) -> None:
-        if os.getpid() != self._pid:
-            return  # a forked data-loader worker: the training process decides when to stop
-        if self._stop_signal is not None and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        self._stop_signal = signum
-        logger.warning(
-            "%s received: finishing iteration %d, then saving a checkpoint (Ctrl-C again stops at once)",
-            signal.Signals(signum).name,
-            self.iter + 1,
-        )
-
-    @contextlib.contextmanager
-    def _stop_on_signals(self) -> Iterator[None]:
-        if threading.current_thread() is not threading.main_thread():
-            yield
-            return
-        previous = {s: signal.getsignal(s) for s in _STOP_SIGNALS}
-        for s in _STOP_SIGNALS:
-            signal.signal(s, self._on_signal)
-        try:
-            yield
-        finally:
-            for s, handler in previous.items():
-                signal.signal(s, handler)
 
     # -- the loop ------------------------------------------------------------------------------
 
     def train(self) -> Dict[str, float]:
-        """Run to ``max_iter``; return the last logged scalars and the final evaluation metrics.
+        """Run to ``max_iter`` (or until a hook stops it); return the last logged scalars and the
+        final evaluation metrics.
 
         Raises TrainingError for a non-finite loss (policy "stop") or a failed worker, and
         TrainingInterrupted after SIGINT/SIGTERM/SIGUSR1 once the current iteration is checkpointed.
         """
         if self.start_iter is None:
             raise RuntimeError("call resume_or_start() before train()")
-        if self.start_iter >= self.max_iter:
-            logger.info("%s is already trained to iteration %d; nothing to do", self.output_dir, self.max_iter)
+        if self.start_iter >= self.max_iter or self.stop_reason:
+            why = (
+                f"it stopped at iteration {self.start_iter} ({self.stop_reason})"
+                if self.stop_reason
+                else (f"it is already trained to iteration {self.max_iter}")
+            )
+            logger.info("%s: %s; nothing to do", self.output_dir, why)
             return {"iteration": float(self.start_iter)}
-        self._stop_signal = None
+        self.stop_signal, self.stop_agreed = None, False
         with contextlib.ExitStack() as stack:
             stack.enter_context(hold_run_lock(self.output_dir, self.dist.is_main))
-            stack.enter_context(self._stop_on_signals())
-            events = (
-                stack.enter_context(
+            if self.dist.is_main:
+                self.events = stack.enter_context(
                     EventWriter(
                         self.output_dir, max_iter=self.max_iter, start_iter=self.start_iter, progress=self.progress
                     )
                 )
-                if self.dist.is_main
-                else None
-            )
             try:
-                return self._loop(events)
+                return self._loop()
             except RuntimeError as e:
                 if self.dist.world_size > 1 and _is_collective_failure(e):
                     raise TrainingError(
@@ -412,90 +467,113 @@ class Trainer:
                         f"{_first_line(e)}); stopping; see the other workers' output, then resume with --resume"
                     ) from e
                 raise
+            finally:
+                self.events = None
 
-    def _loop(self, events: Optional[EventWriter]) -> Dict[str, float]:
+    def _loop(self) -> Dict[str, float]:
         self.model.train()
-        loader = iter(self.make_loader(self.start_iter))
-        window = _Window()
-        results: Dict[str, float] = {}
-        while self.iter < self.max_iter:
-            start = time.perf_counter()
-            try:
-                batch = next(loader)
-            except StopIteration:
-                raise RuntimeError(
-                    f"the loader of make_loader({self.start_iter}) ended at iteration {self.iter}: "
-                    "it must yield batches until max_iter"
-                ) from None
-            window.data_time += time.perf_counter() - start
+        loader = iter(self.make_loader(self.start_iter * self.accumulate_steps))
+        self.results = {}
+        try:
+            for hook in self.hooks:
+                hook.before_train()
+            while self.iter < self.max_iter:
+                self.run_step(loader)
+                self.iter += 1
+                if self.events is not None:
+                    self.events.advance(self.iter)
+                for hook in self.hooks:
+                    hook.after_step()
+                if self.stop_reason:
+                    logger.info("iteration %d: %s; final checkpoint written", self.iter, self.stop_reason)
+                    if self.events is not None:
+                        self.events.write_note(self.iter, {"stop_reason": self.stop_reason})
+                    self.results.update(self.last_eval_metrics or {})
+                    break
+        finally:
+            for hook in self.hooks:
+                hook.after_train()
+        return self.results
 
-            stop = self._run_step(batch, window)
-            self.iter += 1
-            window.iters += 1
-            window.time += time.perf_counter() - start
-            if events is not None:
-                events.advance(self.iter)
+    def _next(self, loader: Iterator) -> Any:
+        try:
+            return next(loader)
+        except StopIteration:
+            raise RuntimeError(
+                f"the loader of make_loader({self.start_iter * self.accumulate_steps}) ended at iteration "
+                f"{self.iter}: it must yield batches until max_iter"
+            ) from None
 
-            if self.iter % self.log_period == 0 or self.iter == self.max_iter:
-                results = self._report(window, events)
-                window = _Window()
-            evaluate = self.eval_fn is not None and (
-                (self.eval_period and self.iter % self.eval_period == 0) or self.iter == self.max_iter
-            )
-            save = self.iter % self.checkpoint_period == 0 or self.iter == self.max_iter or stop
-            if evaluate or save:
-                self._sync_buffers()
-            # Evaluation before the checkpoint: a schedule that reads its metrics (the plateau
-            # rule) then resumes from a state that has seen them.
-            if evaluate:
-                metrics = self._evaluate(events)
-                if self.iter == self.max_iter:
-                    results.update(metrics)
-            if save:
-                checkpoint = self._save()
-            if stop and self.iter < self.max_iter:
-                raise TrainingInterrupted(self.iter, checkpoint, self._stop_signal or signal.SIGTERM)
-        return results
+    def run_step(self, loader: Iterator) -> None:
+        """One optimiser step over ``accumulate_steps`` micro-batches of ``loader``.
 
-    def _run_step(self, batch: Any, window: _Window) -> bool:
-        """One optimiser step on ``batch``; returns whether all ranks agreed to stop afterwards."""
-        autocast = (
-            torch.autocast(self.device.type, dtype=self.autocast_dtype)
-            if self.autocast_dtype is not None
-            else contextlib.nullcontext()
-        )
-        with autocast:
-            losses, extras = self.step_fn(self.model, batch)
-        total = sum(losses.values())
-        # One small collective so that every rank takes the same branch: skipping or stopping
-        # alone would leave the others waiting in the next all-reduce.
-        flags = torch.tensor([not bool(torch.isfinite(total)), self._stop_signal is not None], dtype=torch.float32)
-        nonfinite, stop = (bool(f) for f in all_reduce_max(flags).tolist())
-        window.lr = self.optimizer.param_groups[0]["lr"]
+        Before each backward, one small collective makes every rank take the same branch on a
+        non-finite loss and on a stop signal: skipping or stopping alone would leave the others
+        waiting in the next all-reduce. A skipped step still reads its remaining micro-batches, so
+        the data stream stays that of the iteration count.
+        """
+        start = time.perf_counter()
+        self.step_data_time = 0.0
+        self.step_lr = self.optimizer.param_groups[0]["lr"]
         self.optimizer.zero_grad(set_to_none=True)
-        if nonfinite:
-            self._nonfinite(losses, here=not bool(torch.isfinite(total)))
-        else:
-            # Read before backward: the values are ready (isfinite synchronised), so this does
-            # not wait for the backward kernels.
-            scalars = {"total_loss": float(total.detach()), **{k: float(v.detach()) for k, v in losses.items()}}
-            scalars.update((k, float(v)) for k, v in extras.items())
+        steps = self.accumulate_steps
+        sums: Dict[str, float] = defaultdict(float)
+        skipped = False
+        for micro in range(steps):
+            fetched = time.perf_counter()
+            batch = self._next(loader)
+            self.step_data_time += time.perf_counter() - fetched
+            if skipped:
+                continue
+            last = micro == steps - 1
+            sync = contextlib.nullcontext() if last or self.model is self.module else self.model.no_sync()
+            with sync:
+                with self._autocast():
+                    losses, extras = self.step_fn(self.model, batch)
+                total = sum(losses.values())
+                flags = torch.tensor(
+                    [not bool(torch.isfinite(total)), self.stop_signal is not None], dtype=torch.float32
+                )
+                nonfinite, stop = (bool(f) for f in all_reduce_max(flags).tolist())
+                self.stop_agreed = self.stop_agreed or stop
+                if nonfinite:
+                    self._nonfinite(losses, here=not bool(torch.isfinite(total)))
+                    skipped = True
+                    continue
+                # Read before backward: the values are ready (isfinite synchronised), so this does
+                # not wait for the backward kernels.
+                sums["total_loss"] += float(total.detach())
+                for k, v in losses.items():
+                    sums[k] += float(v.detach())
+                for k, v in extras.items():
+                    sums[k] += float(v)
+                scaled = total / steps if steps > 1 else total
+                if self.scaler is not None:
+                    self.scaler.scale(scaled).backward()
+                else:
+                    scaled.backward()
+        self.step_scalars = {}
+        if not skipped:
+            self.step_scalars = {k: v / steps for k, v in sums.items()}
             if self.scaler is not None:
-                self.scaler.scale(total).backward()
                 self.scaler.unscale_(self.optimizer)
-            else:
-                total.backward()
             if self.clip_grad_norm is not None:
                 params = [p for g in self.optimizer.param_groups for p in g["params"]]
-                scalars["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(params, self.clip_grad_norm))
+                self.step_scalars["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(params, self.clip_grad_norm))
             if self.scaler is not None:
                 self.scaler.step(self.optimizer)
                 self.scaler.update()
             else:
                 self.optimizer.step()
-            window.add(scalars)
+        else:
+            self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
-        return stop
+        self.step_time = time.perf_counter() - start
+
+    def _autocast(self):
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
 
     def _nonfinite(self, losses: Mapping[str, torch.Tensor], here: bool) -> None:
         """Skip or stop on a non-finite loss of this rank (``here``) or of another one."""
@@ -512,38 +590,3 @@ class Trainer:
         raise TrainingError(
             f"{what}; {kept}; lower solver.base_lr, set solver.clip_grad_norm, or set solver.nonfinite_loss=skip"
         )
-
-    def _report(self, window: _Window, events: Optional[EventWriter]) -> Dict[str, float]:
-        scalars = window.means()
-        if self.dist.world_size > 1:
-            scalars = reduce_dict(scalars)
-        seconds_per_iter = window.time / window.iters
-        scalars.update(
-            lr=window.lr,
-            time=seconds_per_iter,
-            data_time=window.data_time / window.iters,
-            eta_seconds=seconds_per_iter * (self.max_iter - self.iter),
-        )
-        if self.skipped_steps:
-            scalars["skipped_steps"] = self.skipped_steps
-        if self.device.type == "cuda":
-            scalars["max_mem_mb"] = torch.cuda.max_memory_allocated(self.device) / 2**20
-        if events is not None:
-            events.write(self.iter, scalars)
-        return {"iteration": float(self.iter), **scalars}
-
-    def _evaluate(self, events: Optional[EventWriter]) -> Dict[str, float]:
-        # Evaluation must not change training: its random draws are undone, so the weights at
-        # max_iter do not depend on eval_period (unless the schedule reads the metrics, by
-        # design), and a resumed run need not repeat evaluations.
-        rng = capture_rng_state()
-        self.module.eval()
-        try:
-            metrics = dict(self.eval_fn(self.module, self.iter) or {})
-        finally:
-            self.module.train()
-            restore_rng_state(rng)
-        metrics = {k: float(v) for k, v in metrics.items()}
-        if events is not None and metrics:
-            events.write(self.iter, metrics)
-        return metrics

@@ -13,6 +13,7 @@ from itertools import count
 
 import torch
 from torch import nn
+from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
 
 from resnet_det.cli import main_guard
 from resnet_det.config.defaults import SolverConfig
@@ -48,6 +49,7 @@ def parse_args():
     p.add_argument("--timeout", type=float, default=600, help="collective timeout, seconds")
     p.add_argument("--die-at", type=int, help="rank 1 exits abruptly when fetching this iteration")
     p.add_argument("--hang-at", type=int, help="rank 1 stops responding when fetching this iteration")
+    p.add_argument("--accumulate", type=int, default=1, help="solver.accumulate_steps")
     return p.parse_args()
 
 
@@ -66,6 +68,7 @@ def main():
         steps=[args.max_iter // 2],
         warmup_iters=4,
         warmup_factor=0.1,
+        accumulate_steps=args.accumulate,
     )
     optimizer = build_optimizer(model, solver)
 
@@ -100,7 +103,16 @@ def main():
         dist=dist,
         progress=False,
         meta={"kind": "classification", "arch": "toy"},
+        accumulate_steps=args.accumulate,
     )
+    syncs = []
+    if dist.world_size > 1:
+
+        def counting_allreduce(state, bucket):  # DDP's default all-reduce, counted
+            syncs.append(bucket.index())
+            return default_hooks.allreduce_hook(state, bucket)
+
+        trainer.model.register_comm_hook(None, counting_allreduce)
     try:
         with hold_run_lock(args.output, dist.is_main, force=args.force_unlock):  # as the tools do
             trainer.resume_or_start(resume=args.resume)
@@ -109,6 +121,7 @@ def main():
         cleanup()
     digest = hashlib.sha256(b"".join(p.detach().numpy().tobytes() for p in model.parameters())).hexdigest()
     print(f"rank {dist.rank} weights {digest}", flush=True)
+    print(f"rank {dist.rank} gradient all-reduces {len(syncs)}", flush=True)
 
 
 if __name__ == "__main__":
