@@ -25,5 +25,10 @@ setup(
         "matplotlib",
         "defusedxml>=0.7",
     ],
-    extras_require={"test": ["pytest", "pytest-timeout", "hypothesis"], "lint": ["ruff", "mypy"]},
+    extras_require={
+        "test": ["pytest", "pytest-timeout", "hypothesis"],
+        "lint": ["ruff", "mypy"],
+        # tools/export.py --format onnx and --model FILE.onnx / --runtime onnxruntime
+        "export": ["onnx>=1.16", "onnxruntime>=1.18"],
+    },
 )

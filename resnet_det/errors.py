@@ -33,6 +33,10 @@ class EvaluationError(ResnetDetError):
     """Results or ground truth that cannot be evaluated together."""
 
 
+class ExportError(ResnetDetError):
+    """A model cannot be exported as asked, or an exported model file cannot be run."""
+
+
 # Errors that the tools turn into a one-line message. BackboneError lives in ``backbones`` so
 # that the backbone package stays usable on its own.
 USER_ERRORS = (ResnetDetError, BackboneError)

@@ -7,6 +7,7 @@ Examples:
   python tools/eval.py --config configs/voc/faster_rcnn_c4.yaml --weights model_final.pth --dataset voc_2007_test
   torchrun --nproc_per_node=8 tools/eval.py --run output/coco_r101_c4
   python tools/eval.py --compare a/report.json b/report.json
+  python tools/eval.py --model det.onnx --dataset shapes_val     # an exported model (tools/export.py), on the CPU
 
 --results takes COCO results format ([{image_id, category_id, bbox: [x, y, w, h], score}]) with
 the dataset's own category ids: COCO's 1..90, VOC's 1..20 in the order aeroplane ... tvmonitor;
@@ -54,6 +55,9 @@ def parse_args(argv=None):
         help="a training output folder: its newest checkpoint, rebuilt from the config stored in it",
     )
     source.add_argument("--config", metavar="FILE", help="a detection config (with --weights)")
+    source.add_argument(
+        "--model", metavar="FILE", help="an exported model (tools/export.py): .onnx in onnxruntime, .pt in TorchScript"
+    )
     source.add_argument("--compare", nargs=2, metavar=("A", "B"), help="print the differences of two report.json files")
     parser.add_argument("--weights", metavar="CKPT", help="the checkpoint to evaluate with --config")
     parser.add_argument("--gt", metavar="FILE", help="COCO instances file that --results is scored against")
@@ -68,9 +72,11 @@ def parse_args(argv=None):
     parser.add_argument("opts", nargs="*", metavar="KEY=VALUE", help="config overrides, for --run / --config")
     args = parser.parse_intermixed_args(argv)
 
-    modes = [m for m in ("results", "run", "config", "compare") if getattr(args, m)]
+    modes = [m for m in ("results", "run", "config", "model", "compare") if getattr(args, m)]
     if len(modes) != 1:
-        parser.error("give exactly one of --results, --run, --config (with --weights) or --compare")
+        parser.error("give exactly one of --results, --run, --config (with --weights), --model or --compare")
+    if args.model and args.device not in (None, "cpu"):
+        parser.error("--model runs on the CPU (onnxruntime / TorchScript): leave out --device")
     if args.results and bool(args.gt) == bool(args.dataset):
         parser.error("--results needs its ground truth: either --gt FILE or --dataset NAME")
     if args.gt and args.metric not in (None, "coco"):
@@ -149,13 +155,47 @@ def evaluate_model(args):
     return report, detections, (records, metadata)
 
 
+def evaluate_exported(args):
+    """An exported model on a split, through the same test loader and metric as --run (one process)."""
+    import torch
+
+    from resnet_det.data import BadRecordPolicy, get_dataset, register_from_config
+    from resnet_det.data.build import build_detection_test_loader
+    from resnet_det.engine.exported_model import ExportedModel
+    from resnet_det.engine.inference import run_inference
+
+    model = ExportedModel(Path(args.model))
+    print(f"evaluating {model.describe()}", file=sys.stderr)
+    cfg = model.config([*args.opts, *([f"datasets.root={args.data_root}"] if args.data_root else [])])
+    register_from_config(cfg.datasets)
+    if not args.dataset and not cfg.datasets.test:
+        raise EvaluationError(
+            f"the config stored in {args.model} names no test set (datasets.test): give --dataset NAME"
+        )
+    dataset = args.dataset or cfg.datasets.test[0]
+    records, metadata = get_dataset(dataset, root=cfg.datasets.root, policy=BadRecordPolicy.from_config(cfg.datasets))
+    if model.class_names != list(metadata["class_names"]):
+        raise EvaluationError(
+            f"{args.model} detects {_classes(model.class_names)} but {dataset} has "
+            f"{_classes(metadata['class_names'])}: evaluate on a split with the classes it was trained on"
+        )
+    loader = build_detection_test_loader(cfg, records)
+    detections = run_inference(model, loader, metadata["label_to_category_id"], torch.device("cpu"))
+    report = evaluate_detections(detections, records, metadata, args.metric or cfg.test.metric, source=args.model)
+    report.update(checkpoint=str(args.model), config_hash=model.meta["config_hash"])
+    return report, detections, (records, metadata)
+
+
 @main_guard
 def main(argv=None):
     args = parse_args(argv)
     if args.compare:
         print(compare_reports(Path(args.compare[0]), Path(args.compare[1])), end="")
         return
-    report, detections, dataset = evaluate_results(args) if args.results else evaluate_model(args)
+    if args.results:
+        report, detections, dataset = evaluate_results(args)
+    else:
+        report, detections, dataset = evaluate_exported(args) if args.model else evaluate_model(args)
     if report is None:
         return
     print("\n".join(report["cocoeval_summary"]))
