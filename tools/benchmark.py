@@ -6,6 +6,7 @@ Examples:
   python tools/benchmark.py --only inference train --runs 7 --json bench.json
   python tools/benchmark.py --only inference --compile inductor   # the optional compiled backbone
   python tools/benchmark.py --device cuda --batch 4
+  python tools/benchmark.py --only inference --precision fp32 bf16 --runtime torch onnxruntime
 
 Measures: inference images/s at --size (short side) with --proposals RPN proposals per image;
 one training iteration (forward, backward, SGD step) on --train-batch images at --train-size;
@@ -74,6 +75,21 @@ def parse_args(argv=None):
         help="also torch.compile our backbone for inference (e.g. inductor; the first warm-up run compiles)",
     )
     parser.add_argument(
+        "--precision",
+        nargs="+",
+        choices=["fp32", "bf16", "int8"],
+        default=["fp32"],
+        help="inference precisions of ours: bf16 adds a bf16-autocast path (CPUs with AVX-512 BF16/AMX, CUDA); "
+        "int8, with --runtime onnxruntime, the ONNX model with int8 fully connected layers",
+    )
+    parser.add_argument(
+        "--runtime",
+        nargs="+",
+        choices=["torch", "onnxruntime"],
+        default=["torch"],
+        help="inference runtimes of ours: onnxruntime adds our model exported to ONNX, run on the CPU",
+    )
+    parser.add_argument(
         "--only", nargs="+", choices=MEASURES, default=list(MEASURES), help="which measures (default: all)"
     )
     parser.add_argument("--json", metavar="FILE", help="also write the results as JSON")
@@ -103,6 +119,8 @@ def main(argv=None):
         fast_path=not args.no_fast_path,
         compile_backend=args.compile,
         workers=args.workers,
+        precisions=args.precision,
+        runtimes=args.runtime,
     )
     result = run_benchmarks(settings, args.only)
     print(format_result(result))

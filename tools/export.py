@@ -42,6 +42,11 @@ def parse_args(argv=None):
         default=DEFAULT_OPSET,
         help=f"ONNX opset, {MIN_OPSET}..{MAX_OPSET} (default {DEFAULT_OPSET})",
     )
+    parser.add_argument(
+        "--int8",
+        action="store_true",
+        help="ONNX only: the fully connected layers (box head) in int8, onnxruntime's dynamic quantisation",
+    )
     add_trust_arg(parser)
     parser.add_argument("opts", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. input.min_size_test=800")
     return parser.parse_intermixed_args(argv)
@@ -57,8 +62,8 @@ def main(argv=None):
     with trust_checkpoints(args.trust_checkpoint):
         loaded = load_detector(run=args.run, config=args.config, weights=args.weights, overrides=args.opts)
     print(f"exporting {loaded.describe()}", file=sys.stderr)
-    path = export_model(loaded, args.format, Path(args.output), args.opset)
-    print(f"wrote {path} ({args.format}, {path.stat().st_size / 2**20:.1f} MB)")
+    path = export_model(loaded, args.format, Path(args.output), args.opset, args.int8)
+    print(f"wrote {path} ({args.format}{', int8' if args.int8 else ''}, {path.stat().st_size / 2**20:.1f} MB)")
 
 
 if __name__ == "__main__":

@@ -189,6 +189,8 @@ class TestConfig:
     )
     fold_frozen_bn: bool = True  # fast path: fold frozen BN into the convolutions for inference
     compile_backbone: Optional[str] = None  # fast path: a torch.compile backend (e.g. inductor); null = eager
+    # auto: the fastest precision passing the accuracy bar where bf16 is native (modeling/precision.py)
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
 
 
 @dataclass

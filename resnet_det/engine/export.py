@@ -14,6 +14,7 @@ values, JSON where structured) or a TorchScript ``_extra_files`` entry holding t
 """
 
 import json
+import tempfile
 import warnings
 from pathlib import Path
 from typing import Dict
@@ -85,8 +86,22 @@ def check_opset(opset: int) -> None:
         raise ExportError(f"--opset {opset} is not supported: give {MIN_OPSET}..{MAX_OPSET} (default {DEFAULT_OPSET})")
 
 
-def export_onnx(loaded: LoadedDetector, output: Path, opset: int = DEFAULT_OPSET) -> Path:
-    """The detector as an ONNX file with dynamic height and width, written atomically."""
+def quantize_int8(model, tmp_dir: Path):
+    """``model`` (an ``onnx.ModelProto``) with its fully connected layers (``MatMul``/``Gemm``: the
+    box head and predictor) in int8 by onnxruntime's dynamic quantisation: weights int8, activations
+    quantised per call. Convolutions stay fp32 (ConvInteger is slower than fp32 convolution there)."""
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    source, target = tmp_dir / "fp32.onnx", tmp_dir / "int8.onnx"
+    onnx.save(model, str(source))
+    quantize_dynamic(source, target, op_types_to_quantize=["MatMul", "Gemm"], weight_type=QuantType.QInt8)
+    return onnx.load(str(target))
+
+
+def export_onnx(loaded: LoadedDetector, output: Path, opset: int = DEFAULT_OPSET, int8: bool = False) -> Path:
+    """The detector as an ONNX file with dynamic height and width, written atomically; ``int8``:
+    its fully connected layers quantised (``quantize_int8``)."""
     check_opset(opset)
     try:
         import onnx
@@ -114,7 +129,12 @@ def export_onnx(loaded: LoadedDetector, output: Path, opset: int = DEFAULT_OPSET
     model = onnx.load(str(tmp))
     tmp.unlink()
     onnx.checker.check_model(model)
-    onnx.helper.set_model_props(model, export_metadata(loaded))
+    if int8:
+        with tempfile.TemporaryDirectory() as tmp_dir:
+            model = quantize_int8(model, Path(tmp_dir))
+    meta = export_metadata(loaded)
+    meta["precision"] = "int8 (fully connected layers; onnxruntime dynamic quantisation)" if int8 else "fp32"
+    onnx.helper.set_model_props(model, meta)
     atomic_write_bytes(output, model.SerializeToString())
     return output
 
@@ -131,8 +151,12 @@ def export_torchscript(loaded: LoadedDetector, output: Path) -> Path:
     return output
 
 
-def export_model(loaded: LoadedDetector, fmt: str, output: Path, opset: int = DEFAULT_OPSET) -> Path:
+def export_model(
+    loaded: LoadedDetector, fmt: str, output: Path, opset: int = DEFAULT_OPSET, int8: bool = False
+) -> Path:
     if fmt not in FORMATS:
         raise ExportError(f"--format {fmt}: give one of {', '.join(FORMATS)}")
+    if int8 and fmt != "onnx":
+        raise ExportError("--int8 is onnxruntime's quantisation: give --format onnx")
     output.parent.mkdir(parents=True, exist_ok=True)
-    return export_onnx(loaded, output, opset) if fmt == "onnx" else export_torchscript(loaded, output)
+    return export_onnx(loaded, output, opset, int8) if fmt == "onnx" else export_torchscript(loaded, output)
