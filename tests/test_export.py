@@ -217,6 +217,20 @@ def test_tools_export_infer_and_eval_with_model(runs, exported, shapes_val, tmp_
     assert [r["file"] for r in a] == [r["file"] for r in b] and sum(len(r["boxes"]) for r in a) > 0
     assert [r["classes"] for r in a] == [r["classes"] for r in b]
     assert sorted((tmp_path / "a").glob("*.png"))
+    # --int8: the fully connected layers quantised (onnxruntime's dynamic quantisation), metadata kept.
+    int8 = tmp_path / "det_int8.onnx"
+    tool("export").main(["--run", str(runs["fpn"]), "--format", "onnx", "--int8", "--output", str(int8)])
+    import onnx
+
+    ops = {node.op_type for node in onnx.load(str(int8)).graph.node}
+    assert {"MatMulInteger", "DynamicQuantizeLinear"} <= ops and "Conv" in ops and "ConvInteger" not in ops
+    quantized = ExportedModel(int8)
+    assert quantized.class_names == list(CLASS_NAMES) and quantized.meta["precision"].startswith("int8")
+    assert len(
+        quantized([torch.from_numpy(np.ascontiguousarray(cv2.imread(records[0]["file_name"]))).permute(2, 0, 1)])[0][
+            "boxes"
+        ]
+    )
     # eval.py --model on a 3-image split cut from shapes_val (the whole split would take long).
     folder = Path(records[0]["file_name"]).parents[1]
     coco = json.loads((folder / "annotations" / "instances_val.json").read_text())
