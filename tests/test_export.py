@@ -209,8 +209,20 @@ def test_tools_export_infer_and_eval_with_model(runs, exported, shapes_val, tmp_
         (inputs / Path(r["file_name"]).name).write_bytes(Path(r["file_name"]).read_bytes())
     infer = tool("infer")
     infer.main(["--model", str(out), "--input", str(inputs), "--output", str(tmp_path / "a"), "--score-thresh", "0.05"])
+    # --run in fp32, the exported model's precision (its default, auto, is bf16 where the CPU has it).
     infer.main(
-        ["--run", str(runs["fpn"]), "--input", str(inputs), "--output", str(tmp_path / "b"), "--score-thresh", "0.05"]
+        [
+            "--run",
+            str(runs["fpn"]),
+            "--precision",
+            "fp32",
+            "--input",
+            str(inputs),
+            "--output",
+            str(tmp_path / "b"),
+            "--score-thresh",
+            "0.05",
+        ]
     )
     a = json.loads((tmp_path / "a" / "detections.json").read_text())
     b = json.loads((tmp_path / "b" / "detections.json").read_text())

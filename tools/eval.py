@@ -68,6 +68,13 @@ def parse_args(argv=None):
     parser.add_argument("--metric", choices=METRICS, help="default: coco for COCO-format data, voc07 / voc10 by year")
     parser.add_argument("--output", metavar="DIR", help="folder for the report files (with --run: DIR/eval/NAME)")
     parser.add_argument("--device", help="auto | cpu | cuda | cuda:N, for the model (default: the config's)")
+    parser.add_argument(
+        "--precision",
+        choices=("auto", "fp32", "bf16"),
+        default="auto",
+        help="the PyTorch model's precision (test.precision): auto = bf16 where the CPU (AVX-512 BF16 / AMX) or GPU "
+        "has it natively, else fp32 (default auto)",
+    )
     add_trust_arg(parser)
     parser.add_argument("opts", nargs="*", metavar="KEY=VALUE", help="config overrides, for --run / --config")
     args = parser.parse_intermixed_args(argv)
@@ -126,7 +133,11 @@ def evaluate_model(args):
     from resnet_det.engine.inference import detect_on_records
     from resnet_det.engine.predictor import load_detector
 
-    overrides = [*args.opts, *([f"train.device={args.device}"] if args.device else [])]
+    overrides = [
+        f"test.precision={args.precision}",
+        *args.opts,
+        *([f"train.device={args.device}"] if args.device else []),
+    ]
     overrides += [f"datasets.root={args.data_root}"] if args.data_root else []
     with trust_checkpoints(args.trust_checkpoint):
         loaded = load_detector(run=args.run, config=args.config, weights=args.weights, overrides=overrides)

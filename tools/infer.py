@@ -54,6 +54,13 @@ def parse_args(argv=None):
         "--max-images", type=int, metavar="N", help="with a folder: only its first N images (sorted by name)"
     )
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    parser.add_argument(
+        "--precision",
+        choices=("auto", "fp32", "bf16"),
+        default="auto",
+        help="the PyTorch model's precision (test.precision): auto = bf16 where the CPU (AVX-512 BF16 / AMX) or GPU "
+        "has it natively, else fp32 (default auto)",
+    )
     add_trust_arg(parser)
     parser.add_argument("opts", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. input.min_size_test=800")
     return parser.parse_intermixed_args(argv)
@@ -83,7 +90,11 @@ def main(argv=None):
         device = resolve_device(args.device)
         with trust_checkpoints(args.trust_checkpoint):
             loaded = load_detector(
-                run=args.run, config=args.config, weights=args.weights, overrides=args.opts, device=device
+                run=args.run,
+                config=args.config,
+                weights=args.weights,
+                overrides=[f"test.precision={args.precision}", *args.opts],
+                device=device,
             )
         print(f"detecting with {loaded.describe()}", file=sys.stderr)
         predictor = Predictor(loaded, device, score_thresh=args.score_thresh)

@@ -189,8 +189,9 @@ class TestConfig:
     )
     fold_frozen_bn: bool = True  # fast path: fold frozen BN into the convolutions for inference
     compile_backbone: Optional[str] = None  # fast path: a torch.compile backend (e.g. inductor); null = eager
-    # auto: the fastest precision passing the accuracy bar where bf16 is native (modeling/precision.py)
-    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    # fp32 | bf16 | auto: bf16 where native (modeling/precision.py). tools/infer.py and eval.py
+    # default to auto (--precision); evaluation during training keeps fp32.
+    precision: Literal["auto", "fp32", "bf16"] = "fp32"
 
 
 @dataclass

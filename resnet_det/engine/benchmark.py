@@ -488,12 +488,12 @@ def run_benchmarks(settings: Settings, only: List[str], log: Callable[[str], Non
 
 def format_result(result: Dict) -> str:
     lines = [f"machine: {result['machine']}", f"settings: {json.dumps(result['settings'])}", ""]
-    lines.append(f"{'figure':<28}{'unit':<14}{'min':>10}{'median':>10}{'max':>10}{'peak MB':>10}")
+    lines.append(f"{'figure':<34}{'unit':<14}{'min':>10}{'median':>10}{'max':>10}{'peak MB':>10}")
     for name, f in result["figures"].items():
         peak = f"{f['peak_memory_mb']:.0f}" if f["peak_memory_mb"] is not None else "-"
         startup = f"   start-up {f['startup_s']:.1f} s" if f.get("startup_s") is not None else ""
         lines.append(
-            f"{name:<28}{f['unit']:<14}{f['min']:>10.3f}{f['median']:>10.3f}{f['max']:>10.3f}{peak:>10}{startup}"
+            f"{name:<34}{f['unit']:<14}{f['min']:>10.3f}{f['median']:>10.3f}{f['max']:>10.3f}{peak:>10}{startup}"
         )
     if result["ratios"]:
         lines.append("")
