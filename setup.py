@@ -40,5 +40,7 @@ setup(
             "termcolor>=1.1",
             "cloudpickle",
         ],
+        # tools/export.py --format onnx and --model FILE.onnx / --runtime onnxruntime
+        "export": ["onnx>=1.16", "onnxruntime>=1.18"],
     },
 )

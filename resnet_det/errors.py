@@ -37,6 +37,10 @@ class MissingDependencyError(ResnetDetError, ImportError):
     """An optional library (detectron2) that a feature needs is not installed; says how to install it."""
 
 
+class ExportError(ResnetDetError):
+    """A model cannot be exported as asked, or an exported model file cannot be run."""
+
+
 # Errors that the tools turn into a one-line message. BackboneError lives in ``backbones`` so
 # that the backbone package stays usable on its own.
 USER_ERRORS = (ResnetDetError, BackboneError)

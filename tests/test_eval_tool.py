@@ -155,7 +155,7 @@ def test_compare_two_runs(eval_tool, case, tmp_path, capsys):
     [
         (["--results", "d.json"], "--results needs its ground truth: either --gt FILE or --dataset NAME"),
         (["--results", "d.json", "--gt", "g.json", "--metric", "voc07"], "--metric voc07 reads VOC records"),
-        (["--gt", "g.json"], "give exactly one of --results, --run, --config (with --weights) or --compare"),
+        (["--gt", "g.json"], "give exactly one of --results, --run, --config (with --weights), --model or --compare"),
         (["--config", "c.yaml"], "--config and --weights go together"),
     ],
 )

@@ -9,6 +9,7 @@ Examples:
   python tools/benchmark.py --only eval-backends --runs 5       # pycocotools vs faster-coco-eval
   python tools/benchmark.py --only data-scale                   # COCO train2017's size: 117,266 / 860,001
   python tools/benchmark.py --only data-scale --images 1000000 --boxes 10000000 --simple-boxes
+  python tools/benchmark.py --only inference --precision fp32 bf16 --runtime torch onnxruntime
 
 Measures: inference images/s at --size (short side) with --proposals RPN proposals per image;
 one training iteration (forward, backward, SGD step) on --train-batch images at --train-size;
@@ -81,6 +82,21 @@ def parse_args(argv=None):
         help="also torch.compile our backbone for inference (e.g. inductor; the first warm-up run compiles)",
     )
     parser.add_argument(
+        "--precision",
+        nargs="+",
+        choices=["fp32", "bf16", "int8"],
+        default=["fp32"],
+        help="inference precisions of ours: bf16 adds a bf16-autocast path (CPUs with AVX-512 BF16/AMX, CUDA); "
+        "int8, with --runtime onnxruntime, the ONNX model with int8 fully connected layers",
+    )
+    parser.add_argument(
+        "--runtime",
+        nargs="+",
+        choices=["torch", "onnxruntime"],
+        default=["torch"],
+        help="inference runtimes of ours: onnxruntime adds our model exported to ONNX, run on the CPU",
+    )
+    parser.add_argument(
         "--images", type=int, default=117_266, help="data-scale: images in the generated file (default 117266)"
     )
     parser.add_argument(
@@ -124,6 +140,8 @@ def main(argv=None):
         scale_images=args.images,
         scale_boxes=args.boxes,
         scale_polygons=not args.simple_boxes,
+        precisions=args.precision,
+        runtimes=args.runtime,
     )
     result = run_benchmarks(settings, args.only)
     print(format_result(result))

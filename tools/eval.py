@@ -9,6 +9,7 @@ Examples:
   torchrun --nproc_per_node=8 tools/eval.py --run output/coco_r101_c4
   python tools/eval.py --compare a/report.json b/report.json --output cmp/   # and cmp/compare.html
   python tools/eval.py --results dets.json --gt val.json --images val_images/ --backend faster-coco-eval --output out/
+  python tools/eval.py --model det.onnx --dataset shapes_val     # an exported model (tools/export.py), on the CPU
 
 --results takes COCO results format ([{image_id, category_id, bbox: [x, y, w, h], score}]) with
 the dataset's own category ids: COCO's 1..90, VOC's 1..20 in the order aeroplane ... tvmonitor;
@@ -64,6 +65,9 @@ def parse_args(argv=None):
         help="a training output folder: its newest checkpoint, rebuilt from the config stored in it",
     )
     source.add_argument("--config", metavar="FILE", help="a detection config (with --weights)")
+    source.add_argument(
+        "--model", metavar="FILE", help="an exported model (tools/export.py): .onnx in onnxruntime, .pt in TorchScript"
+    )
     source.add_argument("--compare", nargs=2, metavar=("A", "B"), help="print the differences of two report.json files")
     parser.add_argument(
         "--weights",
@@ -94,13 +98,22 @@ def parse_args(argv=None):
     )
     parser.add_argument("--no-analysis", action="store_true", help="only the metric: no TIDE, thresholds, confusion")
     parser.add_argument("--images", metavar="DIR", help="with --gt: the images folder, to draw the report's gallery")
+    parser.add_argument(
+        "--precision",
+        choices=("auto", "fp32", "bf16"),
+        default="auto",
+        help="the PyTorch model's precision (test.precision): auto = bf16 where the CPU (AVX-512 BF16 / AMX) or GPU "
+        "has it natively, else fp32 (default auto)",
+    )
     add_trust_arg(parser)
     parser.add_argument("opts", nargs="*", metavar="KEY=VALUE", help="config overrides, for --run / --config")
     args = parser.parse_intermixed_args(argv)
 
-    modes = [m for m in ("results", "run", "config", "compare") if getattr(args, m)]
+    modes = [m for m in ("results", "run", "config", "model", "compare") if getattr(args, m)]
     if len(modes) != 1:
-        parser.error("give exactly one of --results, --run, --config (with --weights) or --compare")
+        parser.error("give exactly one of --results, --run, --config (with --weights), --model or --compare")
+    if args.model and args.device not in (None, "cpu"):
+        parser.error("--model runs on the CPU (onnxruntime / TorchScript): leave out --device")
     if args.results and bool(args.gt) == bool(args.dataset):
         parser.error("--results needs its ground truth: either --gt FILE or --dataset NAME")
     if args.gt and args.metric not in (None, "coco"):
@@ -168,7 +181,11 @@ def evaluate_model(args):
     from resnet_det.engine.inference import detect_on_records
     from resnet_det.engine.predictor import load_detector
 
-    overrides = [*args.opts, *([f"train.device={args.device}"] if args.device else [])]
+    overrides = [
+        f"test.precision={args.precision}",
+        *args.opts,
+        *([f"train.device={args.device}"] if args.device else []),
+    ]
     overrides += [f"datasets.root={args.data_root}"] if args.data_root else []
     with trust_checkpoints(args.trust_checkpoint):
         loaded = load_detector(
@@ -201,6 +218,37 @@ def evaluate_model(args):
     return report, detections, (records, metadata)
 
 
+def evaluate_exported(args):
+    """An exported model on a split, through the same test loader and metric as --run (one process)."""
+    import torch
+
+    from resnet_det.data import BadRecordPolicy, get_dataset, register_from_config
+    from resnet_det.data.build import build_detection_test_loader
+    from resnet_det.engine.exported_model import ExportedModel
+    from resnet_det.engine.inference import run_inference
+
+    model = ExportedModel(Path(args.model))
+    print(f"evaluating {model.describe()}", file=sys.stderr)
+    cfg = model.config([*args.opts, *([f"datasets.root={args.data_root}"] if args.data_root else [])])
+    register_from_config(cfg.datasets)
+    if not args.dataset and not cfg.datasets.test:
+        raise EvaluationError(
+            f"the config stored in {args.model} names no test set (datasets.test): give --dataset NAME"
+        )
+    dataset = args.dataset or cfg.datasets.test[0]
+    records, metadata = get_dataset(dataset, root=cfg.datasets.root, policy=BadRecordPolicy.from_config(cfg.datasets))
+    if model.class_names != list(metadata["class_names"]):
+        raise EvaluationError(
+            f"{args.model} detects {_classes(model.class_names)} but {dataset} has "
+            f"{_classes(metadata['class_names'])}: evaluate on a split with the classes it was trained on"
+        )
+    loader = build_detection_test_loader(cfg, records)
+    detections = run_inference(model, loader, metadata["label_to_category_id"], torch.device("cpu"))
+    report = evaluate_detections(detections, records, metadata, args.metric or cfg.test.metric, source=args.model)
+    report.update(checkpoint=str(args.model), config_hash=model.meta["config_hash"])
+    return report, detections, (records, metadata)
+
+
 @main_guard
 def main(argv=None):
     args = parse_args(argv)
@@ -209,7 +257,10 @@ def main(argv=None):
         if args.output:
             print(f"\nwrote {write_compare_html(Path(args.compare[0]), Path(args.compare[1]), Path(args.output))}")
         return
-    report, detections, dataset = evaluate_results(args) if args.results else evaluate_model(args)
+    if args.results:
+        report, detections, dataset = evaluate_results(args)
+    else:
+        report, detections, dataset = evaluate_exported(args) if args.model else evaluate_model(args)
     if report is None:
         return
     print("\n".join(report["cocoeval_summary"]))

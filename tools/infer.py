@@ -4,6 +4,7 @@ Examples:
   python tools/infer.py --run output/demo/det --input photo.jpg --output out/
   python tools/infer.py --config configs/coco/faster_rcnn_c4.yaml --weights model_final.pth --input imgs/ --output out/
   python tools/infer.py --run output/demo/det --input clip.mp4 --output out/ --score-thresh 0.7
+  python tools/infer.py --model det.onnx --input imgs/ --output out/     # an exported model (tools/export.py)
 
 Writes, into --output: each image with its boxes, class names and scores drawn (a video is
 written as <name>_detections.mp4), and detections.json: per image (or video frame) the boxes
@@ -48,6 +49,11 @@ def parse_args(argv=None):
         default="last",
         help="with --run: its newest checkpoint (last, the default) or model_best.pth (best)",
     )
+    parser.add_argument(
+        "--model",
+        metavar="FILE",
+        help="an exported model instead (tools/export.py): FILE.onnx runs in onnxruntime, FILE.pt in TorchScript (CPU)",
+    )
     parser.add_argument("--input", required=True, help="an image, a folder of images, or a video file")
     parser.add_argument("--output", required=True, metavar="DIR", help="where the drawn images and detections.json go")
     parser.add_argument(
@@ -57,31 +63,51 @@ def parse_args(argv=None):
         "--max-images", type=int, metavar="N", help="with a folder: only its first N images (sorted by name)"
     )
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    parser.add_argument(
+        "--precision",
+        choices=("auto", "fp32", "bf16"),
+        default="auto",
+        help="the PyTorch model's precision (test.precision): auto = bf16 where the CPU (AVX-512 BF16 / AMX) or GPU "
+        "has it natively, else fp32 (default auto)",
+    )
     add_trust_arg(parser)
     parser.add_argument("opts", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. input.min_size_test=800")
     return parser.parse_intermixed_args(argv)
 
 
+def exported_predictor(path: Path, overrides, score_thresh: float) -> Predictor:
+    from resnet_det.engine.exported_model import ExportedModel, ExportedPredictor
+
+    model = ExportedModel(path)
+    print(f"detecting with {model.describe()}", file=sys.stderr)
+    return ExportedPredictor(model, model.config(overrides), score_thresh=score_thresh)
+
+
 @main_guard
 def main(argv=None):
     args = parse_args(argv)
-    if not args.run and not (args.config and args.weights):
+    if bool(args.model) == bool(args.run or args.config):
+        raise ConfigError("give --run DIR, or both --config FILE and --weights CHECKPOINT, or --model FILE")
+    if not args.model and not (args.run or (args.config and args.weights)):
         raise ConfigError("give --run DIR, or both --config FILE and --weights CHECKPOINT")
     source = Path(args.input)
     if not source.exists():
         raise DatasetError(f"--input {source}: no such file or folder")
-    device = resolve_device(args.device)
-    with trust_checkpoints(args.trust_checkpoint):
-        loaded = load_detector(
-            run=args.run,
-            config=args.config,
-            weights=args.weights,
-            overrides=args.opts,
-            device=device,
-            checkpoint=args.checkpoint,
-        )
-    print(f"detecting with {loaded.describe()}", file=sys.stderr)
-    predictor = Predictor(loaded, device, score_thresh=args.score_thresh)
+    if args.model:
+        predictor = exported_predictor(Path(args.model), args.opts, args.score_thresh)
+    else:
+        device = resolve_device(args.device)
+        with trust_checkpoints(args.trust_checkpoint):
+            loaded = load_detector(
+                run=args.run,
+                config=args.config,
+                weights=args.weights,
+                overrides=[f"test.precision={args.precision}", *args.opts],
+                device=device,
+                checkpoint=args.checkpoint,
+            )
+        print(f"detecting with {loaded.describe()}", file=sys.stderr)
+        predictor = Predictor(loaded, device, score_thresh=args.score_thresh)
     output = Path(args.output)
     output.mkdir(parents=True, exist_ok=True)
 

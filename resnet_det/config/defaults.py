@@ -257,6 +257,9 @@ class TestConfig:
     # Evaluations during training also give the RPN and RoI-head losses on the test set (seeded
     # sampling as in training), in the same pass as the detections, which they leave unchanged.
     val_loss: bool = True
+    # fp32 | bf16 | auto: bf16 where native (modeling/precision.py). tools/infer.py and eval.py
+    # default to auto (--precision); evaluation during training keeps fp32.
+    precision: Literal["auto", "fp32", "bf16"] = "fp32"
 
 
 @dataclass

@@ -29,6 +29,7 @@ import torch
 
 from resnet_det.config import DetectionConfig, load_config
 from resnet_det.engine.data_scale import FIGURE_UNITS, bench_data_scale
+from resnet_det.errors import ConfigError
 from resnet_det.modeling import build_detector, prepare_for_inference
 
 COCO_CLASSES = 90  # stock fasterrcnn_resnet50_fpn: 91 outputs, background included
@@ -46,6 +47,7 @@ class Figure:
     values: List[float]
     peak_memory_mb: Optional[float] = None
     higher_is_better: bool = True
+    startup_s: Optional[float] = None  # one-off cost before the first call (export, session set-up)
 
     @property
     def median(self) -> float:
@@ -59,6 +61,7 @@ class Figure:
             "max": max(self.values),
             "runs": len(self.values),
             "peak_memory_mb": self.peak_memory_mb,
+            **({"startup_s": self.startup_s} if self.startup_s is not None else {}),
         }
 
 
@@ -83,6 +86,9 @@ class Settings:
     scale_boxes: int = 860_001
     scale_polygons: bool = True
     workers: int = 2
+    # Extra inference paths of ours, timed in the same alternation as fp32 eager and stock.
+    precisions: List[str] = field(default_factory=lambda: ["fp32"])  # fp32 | bf16 (autocast) | int8 (with onnxruntime)
+    runtimes: List[str] = field(default_factory=lambda: ["torch"])  # torch | onnxruntime (exported fp32)
 
 
 def _reset_peak(device: torch.device) -> None:
@@ -240,11 +246,76 @@ def bench_inference(settings: Settings, device: torch.device) -> Dict[str, Figur
         return call
 
     fns = {"ours": run(ours, ours_in), "stock": run(stock, stock_in)}
+    startup: Dict[str, float] = {}
+    if "bf16" in settings.precisions:
+        fns["ours_bf16"] = autocast_call(run(ours, ours_in), device)
+    if "onnxruntime" in settings.runtimes:
+        if device.type != "cpu":
+            raise ConfigError("--runtime onnxruntime is measured on the CPU: give --device cpu")
+        for int8 in (False, True) if "int8" in settings.precisions else (False,):
+            name = "ours_onnxruntime_int8" if int8 else "ours_onnxruntime"
+            start = time.perf_counter()
+            fns[name] = onnxruntime_call(ours, ours_in, settings.threads, int8)
+            startup[name] = time.perf_counter() - start
     times = time_alternating(fns, settings.warmup, settings.runs, device)
-    return {
+    figures = {
         name: Figure("inference", "images/s", [settings.batch / t for t in times[name]], peak_memory(fns[name], device))
         for name in fns
     }
+    for name, seconds in startup.items():
+        figures[name].startup_s = seconds
+    return figures
+
+
+def autocast_call(call: Callable[[], None], device: torch.device) -> Callable[[], None]:
+    """``call`` under bf16 autocast (convolutions and matmuls in bf16, the rest in fp32)."""
+
+    def bf16():
+        with torch.autocast(device.type, dtype=torch.bfloat16):
+            call()
+
+    return bf16
+
+
+def onnxruntime_call(
+    model: torch.nn.Module, images: List[torch.Tensor], threads: int, int8: bool = False
+) -> Callable[[], None]:
+    """``model`` exported to ONNX (``InferenceGraph``, as tools/export.py writes it; ``int8``: its
+    fully connected layers quantised, as ``--int8`` does) and run by onnxruntime on the CPU, one
+    image per call; the export, quantisation and session set-up are its start-up."""
+    import warnings
+
+    import onnx
+    import onnxruntime
+
+    from resnet_det.engine.export import quantize_int8
+    from resnet_det.modeling.export_graph import InferenceGraph
+
+    graph = InferenceGraph(prepare_for_inference(model.cpu(), channels_last=False)).eval()
+    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        path = Path(tmp) / "model.onnx"
+        torch.onnx.export(
+            graph,
+            (images[0].cpu(),),
+            str(path),
+            opset_version=17,
+            dynamo=False,
+            input_names=["image"],
+            dynamic_axes={"image": {1: "height", 2: "width"}},
+        )
+        if int8:
+            onnx.save(quantize_int8(onnx.load(str(path)), Path(tmp)), str(path))
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = threads
+        session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    arrays = [im.cpu().numpy() for im in images]
+
+    def call():
+        for array in arrays:
+            session.run(None, {"image": array})
+
+    return call
 
 
 def bench_training(settings: Settings, device: torch.device) -> Dict[str, Figure]:
@@ -457,6 +528,9 @@ def run_benchmarks(settings: Settings, only: List[str], log: Callable[[str], Non
         if "stock" in figures:
             ours, stock = figures["ours"], figures["stock"]
             result["ratios"][figures["ours"].name] = ours.median / stock.median
+            for who, fig in figures.items():
+                if who.startswith("ours_"):
+                    result["ratios"][f"{fig.name}/{who}"] = fig.median / stock.median
     if "coco_eval_backend/faster-coco-eval" in result["figures"]:
         result["ratios"]["coco_eval_backend"] = (
             result["figures"]["coco_eval_backend/faster-coco-eval"]["median"]
@@ -475,7 +549,10 @@ def format_result(result: Dict) -> str:
     lines.append(f"{'figure':<36}{'unit':<14}{'min':>10}{'median':>10}{'max':>10}{'peak MB':>10}")
     for name, f in result["figures"].items():
         peak = f"{f['peak_memory_mb']:.0f}" if f["peak_memory_mb"] is not None else "-"
-        lines.append(f"{name:<36}{f['unit']:<14}{f['min']:>10.3f}{f['median']:>10.3f}{f['max']:>10.3f}{peak:>10}")
+        startup = f"   start-up {f['startup_s']:.1f} s" if f.get("startup_s") is not None else ""
+        lines.append(
+            f"{name:<36}{f['unit']:<14}{f['min']:>10.3f}{f['median']:>10.3f}{f['max']:>10.3f}{peak:>10}{startup}"
+        )
     if result["ratios"]:
         lines.append("")
         for name, ratio in result["ratios"].items():

@@ -13,6 +13,7 @@ from tqdm import tqdm
 
 from resnet_det.data.build import build_detection_test_loader, unreadable_files
 from resnet_det.modeling import prepare_for_inference
+from resnet_det.modeling.precision import resolve_precision
 from resnet_det.utils import comm
 
 logger = logging.getLogger(__name__)
@@ -93,6 +94,7 @@ def detect_on_records(
         fold_bn=cfg.test.fold_frozen_bn,
         channels_last=device.type == "cuda",
         compile_backend=cfg.test.compile_backbone,
+        precision=resolve_precision(cfg.test.precision, device),
     )
     detections = run_inference(
         fast, loader, metadata["label_to_category_id"], device, progress=progress, on_batch=on_batch

@@ -30,6 +30,7 @@ from resnet_det.engine.hooks import BEST_CHECKPOINT
 from resnet_det.errors import CheckpointError, ConfigError
 from resnet_det.modeling import build_detector, prepare_for_inference
 from resnet_det.modeling.torchvision_weights import as_checkpoint, names_detector_weights
+from resnet_det.modeling.precision import resolve_precision
 
 logger = logging.getLogger(__name__)
 
@@ -192,6 +193,7 @@ class Predictor:
             fold_bn=self.cfg.test.fold_frozen_bn,
             channels_last=device.type == "cuda",
             compile_backend=self.cfg.test.compile_backbone,
+            precision=resolve_precision(self.cfg.test.precision, device),
         )
         self.score_thresh = self.cfg.model.roi_heads.score_thresh if score_thresh is None else score_thresh
 

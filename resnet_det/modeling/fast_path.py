@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from backbones.norm import FrozenBatchNorm2d
+from resnet_det.modeling.precision import Autocast
 from resnet_det.modeling.transform import DetectionTransform
 
 
@@ -72,12 +73,17 @@ def compile_backbone(model: nn.Module, backend: str) -> nn.Module:
 
 
 def prepare_for_inference(
-    model: nn.Module, fold_bn: bool = True, channels_last: bool = True, compile_backend: Optional[str] = None
+    model: nn.Module,
+    fold_bn: bool = True,
+    channels_last: bool = True,
+    compile_backend: Optional[str] = None,
+    precision: str = "fp32",
 ) -> nn.Module:
     """A copy of ``model`` for inference (eval mode, no gradients), with the fast-path switches applied.
 
     A copy, because folding rewrites the modules: the model being trained (and checkpointed) is left
     as it was. A ``DistributedDataParallel`` wrapper is dropped, as inference needs no gradient sync.
+    ``precision="bf16"`` (resolved by ``precision.resolve_precision``) wraps it in bf16 autocast.
     """
     if isinstance(model, nn.parallel.DistributedDataParallel):
         model = model.module
@@ -91,4 +97,4 @@ def prepare_for_inference(
         to_channels_last(model)
     if compile_backend:
         compile_backbone(model, compile_backend)
-    return model
+    return Autocast(model) if precision == "bf16" else model
