@@ -29,8 +29,8 @@ from resnet_det.engine.checkpoint import FINAL_CHECKPOINT, Checkpointer
 from resnet_det.engine.hooks import BEST_CHECKPOINT
 from resnet_det.errors import CheckpointError, ConfigError
 from resnet_det.modeling import build_detector, prepare_for_inference
-from resnet_det.modeling.torchvision_weights import as_checkpoint, names_detector_weights
 from resnet_det.modeling.precision import resolve_precision
+from resnet_det.modeling.torchvision_weights import as_checkpoint, names_detector_weights
 
 logger = logging.getLogger(__name__)
 
