@@ -43,3 +43,14 @@ def records_cache_folder(tmp_path_factory, monkeypatch) -> Path:
     folder = tmp_path_factory.mktemp("records_cache")
     monkeypatch.setenv("RESNET_DET_CACHE", str(folder))
     return folder
+
+
+@pytest.fixture(autouse=True)
+def dataset_registry(monkeypatch):
+    """The datasets a test registers (own data, ``datasets.custom``) are forgotten after it, so two
+    tests may use the same short name for different files. A module fixture's registration comes
+    before this and stays for the session: give it a name of its own."""
+    from resnet_det.data import catalog
+
+    monkeypatch.setattr(catalog.DATASETS, "_entries", dict(catalog.DATASETS._entries))
+    monkeypatch.setattr(catalog, "_CACHE_SOURCES", dict(catalog._CACHE_SOURCES))

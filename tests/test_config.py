@@ -12,7 +12,9 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
 def _recipes(folder_glob):
-    return sorted(p for p in CONFIGS.glob(folder_glob) if p.parent.name != "base")
+    """Our recipes: not the bases, nor configs/detectron2 (detectron2's own yacs configs, selecting
+    our backbones; tests/test_detectron2_integration.py loads them)."""
+    return sorted(p for p in CONFIGS.glob(folder_glob) if p.parent.name not in ("base", "detectron2"))
 
 
 _PAPER_SGD = {"solver.momentum": 0.9, "solver.weight_decay": 1e-4}

@@ -9,15 +9,10 @@ import numpy as np
 import pytest
 from data_fixtures import coco_dict, make_coco, make_voc_style, make_yolo
 
-from resnet_det.data.catalog import DATASETS, get_dataset, register_custom
+from resnet_det.data.catalog import get_dataset, register_custom
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 YOLO_TOLERANCE = 1e-6  # of the image's size, from the 6 decimals of YOLO's fractions
-
-
-@pytest.fixture(autouse=True)
-def own_registry(monkeypatch):
-    monkeypatch.setattr(DATASETS, "_entries", dict(DATASETS._entries))
 
 
 def convert_tool():

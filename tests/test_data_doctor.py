@@ -7,10 +7,9 @@ import os
 import shutil
 
 import cv2
-import pytest
 from data_fixtures import detection_cfg, make_coco, make_yolo, write_image
 
-from resnet_det.data.catalog import DATASETS, register_from_config
+from resnet_det.data.catalog import register_from_config
 from resnet_det.data.doctor import best_anchor_iou, diagnose
 from resnet_det.utils.visualization import class_color
 
@@ -22,11 +21,6 @@ SMALL = [
     "model.anchors.sizes=[[8,16,32]]",
     "model.anchors.aspect_ratios=[1.0]",
 ]
-
-
-@pytest.fixture(autouse=True)
-def own_registry(monkeypatch):
-    monkeypatch.setattr(DATASETS, "_entries", dict(DATASETS._entries))
 
 
 def tool(name):

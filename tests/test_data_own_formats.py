@@ -6,16 +6,10 @@ import json
 import pytest
 from data_fixtures import YOLO_NAMES, detection_cfg, make_coco, make_voc_style, make_yolo
 
-from resnet_det.data.catalog import DATASETS, get_dataset, register_from_config
+from resnet_det.data.catalog import get_dataset, register_from_config
 from resnet_det.data.sanitize import BadRecordPolicy, RecordSanitizer
 from resnet_det.data.voc import VOC_CLASSES, load_voc_split
 from resnet_det.errors import ConfigError, DatasetError
-
-
-@pytest.fixture(autouse=True)
-def own_registry(monkeypatch):
-    """Each test registers its own data sets under short names, forgotten after it."""
-    monkeypatch.setattr(DATASETS, "_entries", dict(DATASETS._entries))
 
 
 def _register(**entries):

@@ -109,13 +109,27 @@ class _ListTrainDataset(UndecodedTrainDataset):
         return np.array([a["bbox"] for a in record["annotations"]], dtype=np.float32), record["image_id"]
 
 
-def test_workers_do_not_copy_the_records_they_read():
+def _worker_growth_of_list_and_store() -> None:
+    """Print the worker growth of a pass over record dicts (the control) and over a store."""
     records = _records(30_000, boxes=8, extras=False)
     store = train_records(RecordStore.from_records(records))
     keys = [(i, i) for i in range(len(store))]
     control = worker_growth_mb(_ListTrainDataset(store), keys, workers=2, batch_size=512)
     del records
     growth = worker_growth_mb(UndecodedTrainDataset(store), keys, workers=2, batch_size=512)
+    print(json.dumps({"control": control, "growth": growth}))
+
+
+def test_workers_do_not_copy_the_records_they_read():
+    # In a fresh interpreter: a worker forked from the test session's process would also touch the
+    # pages of everything the earlier tests left in it, which is not what this measures.
+    here = Path(__file__).resolve().parent
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(here), str(here.parent), os.environ.get("PYTHONPATH", "")])}
+    code = "import test_data_records as t; t._worker_growth_of_list_and_store()"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    figures = json.loads(out.stdout.strip().splitlines()[-1])
+    control, growth = figures["control"], figures["growth"]
     assert control > growth + 6, f"the measure must see the copies of record dicts ({control:.1f} MB)"
     assert growth < 8, f"a worker's private memory grew by {growth:.1f} MB over a pass (dicts: {control:.1f} MB)"
 

@@ -36,14 +36,14 @@ def tiny(tmp_path_factory):
             "input.max_size_test=96",
             "test.batch_size=2",
             "dataloader.num_workers=0",
-            f"datasets.custom.tiny.images={images}",
-            f"datasets.custom.tiny.annotations={ann}",
-            "datasets.train=[tiny]",
-            "datasets.test=[tiny]",
+            f"datasets.custom.val_loss_tiny.images={images}",
+            f"datasets.custom.val_loss_tiny.annotations={ann}",
+            "datasets.train=[val_loss_tiny]",
+            "datasets.test=[val_loss_tiny]",
         ],
     )
     register_from_config(cfg.datasets)
-    records, metadata = get_dataset("tiny", policy=cfg.datasets)
+    records, metadata = get_dataset("val_loss_tiny", policy=cfg.datasets)
     torch.manual_seed(0)
     model = build_detector(cfg, len(metadata["class_names"])).eval()
     return cfg, model, records, metadata
