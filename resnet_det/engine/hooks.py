@@ -272,11 +272,18 @@ class _Tracked:
                 return key, metrics[key]
         return None
 
-    def missing(self, metrics: Mapping[str, float]) -> ConfigError:
-        return ConfigError(
-            f"train.best.metric={self.metric}: not among the evaluation's metrics ({', '.join(sorted(metrics))}); "
-            "name one of them"
-        )
+    def read(self, metrics: Optional[Mapping[str, float]]) -> Optional[tuple]:
+        """``(key, value)`` from this step's evaluation; None when none ran. A metric that the
+        evaluation does not report is a config error, not a silently untracked run."""
+        if not metrics:
+            return None
+        found = self.value(metrics)
+        if found is None:
+            raise ConfigError(
+                f"train.best.metric={self.metric}: not among the evaluation's metrics ({', '.join(sorted(metrics))}); "
+                "name one of them"
+            )
+        return found
 
     def improves(self, value: float) -> bool:
         if self.best is None:
@@ -293,12 +300,9 @@ class BestCheckpoint(HookBase):
 
     def after_step(self) -> None:
         t = self.trainer
-        metrics = t.eval_metrics
-        if not metrics:
-            return
-        found = self.tracked.value(metrics)
+        found = self.tracked.read(t.eval_metrics)
         if found is None:
-            raise self.tracked.missing(metrics)
+            return
         key, value = found
         if not self.tracked.improves(value):
             return
@@ -349,12 +353,9 @@ class EarlyStopping(HookBase):
 
     def after_step(self) -> None:
         t = self.trainer
-        metrics = t.eval_metrics
-        if not metrics:
-            return
-        found = self.tracked.value(metrics)
+        found = self.tracked.read(t.eval_metrics)
         if found is None:
-            raise self.tracked.missing(metrics)
+            return
         key, value = found
         if self.tracked.improves(value):
             self.tracked.best, self.tracked.best_iter, self.bad_evals = value, t.iter, 0
