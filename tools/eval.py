@@ -177,7 +177,7 @@ def evaluate_model(args):
     from backbones.serialization import trust_checkpoints
     from resnet_det.config import config_hash
     from resnet_det.data import BadRecordPolicy, get_dataset, register_from_config
-    from resnet_det.engine.distributed import init_distributed
+    from resnet_det.engine.distributed import cleanup, init_distributed
     from resnet_det.engine.inference import detect_on_records
     from resnet_det.engine.predictor import load_detector
 
@@ -207,7 +207,10 @@ def evaluate_model(args):
         )
 
     dist = init_distributed(cfg.train.device, cfg.train.collective_timeout_s)
-    detections = detect_on_records(loaded.model.to(dist.device), cfg, records, metadata, dist.device)
+    try:
+        detections = detect_on_records(loaded.model.to(dist.device), cfg, records, metadata, dist.device)
+    finally:
+        cleanup()
     if not dist.is_main:
         return None, detections, None
     metric = args.metric or cfg.test.metric

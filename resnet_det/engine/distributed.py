@@ -88,6 +88,7 @@ def init_distributed(device: str = "auto", timeout_s: float = 600) -> DistInfo:
 
 
 def cleanup() -> None:
-    """Leave the process group (if any), so the process exits without NCCL/gloo warnings."""
+    """Leave the process group (if any). A process that exits inside one can abort on the way out
+    (gloo's threads: SIGABRT, "terminate called without an active exception") and NCCL warns."""
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()

@@ -15,7 +15,7 @@ from typing import Iterator
 from omegaconf import DictConfig
 
 from resnet_det.config import save_config
-from resnet_det.engine.distributed import DistInfo, init_distributed
+from resnet_det.engine.distributed import DistInfo, cleanup, init_distributed
 from resnet_det.engine.run_lock import hold_run_lock
 from resnet_det.engine.trainer import Trainer, set_deterministic
 from resnet_det.utils.comm import per_process_batch_size
@@ -42,13 +42,17 @@ class TrainingRun:
 
 @contextlib.contextmanager
 def training_run(cfg: DictConfig, resume: bool = False, force_unlock: bool = False) -> Iterator[TrainingRun]:
-    """Join the processes, hold the run folder's lock and seed this rank for the ``with`` block.
+    """Join the processes, hold the run folder's lock and seed this rank for the ``with`` block;
+    leave the process group after it (a process that exits inside one can abort in gloo's threads).
 
     ``force_unlock`` takes over a lock that a process on another host left (see ``run_lock``).
     """
     dist = init_distributed(cfg.train.device, cfg.train.collective_timeout_s)
-    per_process_batch_size(cfg.solver.batch_size, dist.world_size)
-    output_dir = Path(cfg.train.output_dir)
-    with hold_run_lock(output_dir, dist.is_main, force=force_unlock):
-        set_deterministic(cfg.train.seed + dist.rank, cfg.train.deterministic, cfg.train.cudnn_benchmark)
-        yield TrainingRun(dist=dist, output_dir=output_dir, resume=resume)
+    try:
+        per_process_batch_size(cfg.solver.batch_size, dist.world_size)
+        output_dir = Path(cfg.train.output_dir)
+        with hold_run_lock(output_dir, dist.is_main, force=force_unlock):
+            set_deterministic(cfg.train.seed + dist.rank, cfg.train.deterministic, cfg.train.cudnn_benchmark)
+            yield TrainingRun(dist=dist, output_dir=output_dir, resume=resume)
+    finally:
+        cleanup()

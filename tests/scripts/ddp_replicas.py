@@ -31,3 +31,5 @@ Trainer.train = _train_and_dump
 if __name__ == "__main__":
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     train_det.main(sys.argv[1:])
+    # Exiting inside the process group can abort a rank in gloo's threads after a finished run.
+    assert not torch.distributed.is_initialized(), "train_det.py left the process group joined"
