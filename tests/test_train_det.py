@@ -17,7 +17,7 @@ from resnet_det.config import DetectionConfig, load_config
 from resnet_det.data.shapes import CLASS_NAMES, draw_detection_image
 
 REPO = Path(__file__).resolve().parents[1]
-ENV = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+ENV = {**os.environ, "PYTHONPATH": str(REPO)}
 
 
 def write_tiny_coco(root: Path, n: int = 6, seed: int = 0) -> tuple:
