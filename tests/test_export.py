@@ -1,6 +1,6 @@
 """ONNX and TorchScript export: the exported files detect what the PyTorch model detects.
 
-A tiny r18 detector per head (seeded weights, a run folder as train_det.py leaves it) is exported to
+A tiny r18 detector per head, trained by train_det.py on eight shapes_val images, is exported to
 both formats once per module. Parity: at least 99% of the PyTorch ``Predictor``'s detections have a
 match in the exported model's (same label, IoU > 0.99, score within 1e-3) on shapes_val images,
 whose random sizes give several input sizes, and on real COCO photos; AP on shapes_val within 0.001.
@@ -9,6 +9,8 @@ The tools (export.py, infer.py --model, eval.py --model) and their one-line erro
 
 import importlib.util
 import json
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -16,17 +18,14 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from omegaconf import OmegaConf
 from torchvision.ops import box_iou
 
-from resnet_det.config import DetectionConfig, load_config
 from resnet_det.data import get_dataset
 from resnet_det.data.shapes import CLASS_NAMES
 from resnet_det.engine.export import export_model
 from resnet_det.engine.exported_model import ExportedModel, ExportedPredictor
 from resnet_det.engine.predictor import Predictor, load_detector
 from resnet_det.evaluation import evaluate_detections
-from resnet_det.modeling import build_detector
 
 pytest.importorskip("onnxruntime", reason="the export extra (pip install -e .[export]) is not installed")
 
@@ -34,6 +33,8 @@ REPO = Path(__file__).resolve().parents[1]
 HEADS = ("c4", "fpn")
 FORMATS = {"onnx": "model.onnx", "torchscript": "model.pt"}
 AP_IMAGES = 8  # shapes_val images compared (of 100; their sizes vary)
+TRAIN_ITERS = {"fpn": 100, "c4": 80}
+MIN_AP = {"fpn": 0.1, "c4": 0.05}  # the trained models' AP on those images is well above (see runs)
 
 
 def tool(name: str):
@@ -49,49 +50,84 @@ def data_root(tmp_path_factory):
     return tmp_path_factory.mktemp("datasets")
 
 
+def train_command(head: str, split: Path, images: Path, output: Path) -> list:
+    """tools/train_det.py from scratch on ``split``: r18 with BatchNorm trained, tiny images."""
+    iterations = TRAIN_ITERS[head]
+    return [
+        sys.executable,
+        str(REPO / "tools" / "train_det.py"),
+        "--head",
+        head,
+        "--backbone",
+        "r18",
+        "--train-json",
+        str(split),
+        "--train-images",
+        str(images),
+        "--output",
+        str(output),
+        "--max-iter",
+        str(iterations),
+        "--batch-size",
+        "4",
+        "--lr",
+        "0.02",
+        "--seed",
+        "0",
+        "model.backbone.weights=null",
+        "model.backbone.norm=bn",
+        "model.backbone.freeze_at=0",
+        # The shapes recipes' anchors (objects of 16..96 px). The C4 head's res5 runs on every RoI:
+        # it samples fewer and pools 7x7 (14 in the recipes), which the export treats alike.
+        f"model.anchors.sizes={'[[16],[32],[64],[128],[256]]' if head == 'fpn' else '[[16,32,64,128,256]]'}",
+        f"model.roi_heads.batch_size_per_image={32 if head == 'fpn' else 16}",
+        "model.roi_heads.pooler_resolution=7",
+        "model.rpn.pre_nms_topk_train=500",
+        "model.rpn.post_nms_topk_train=128",
+        "model.rpn.pre_nms_topk_test=200",
+        "model.rpn.post_nms_topk_test=50",
+        "input.min_size_train=[96,112]",
+        "input.max_size_train=128",
+        "input.min_size_test=112",
+        "input.max_size_test=128",
+        "solver.warmup_iters=10",
+        f"solver.steps=[{iterations * 4 // 5}]",
+        "datasets.test=[]",
+        "dataloader.num_workers=0",
+        f"train.checkpoint_period={iterations}",
+        "test.batch_size=1",
+    ]
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, data_root):
-    """One run folder per head: config.yaml and model_final.pth with its meta (seeded weights)."""
-    folders = {}
-    for head in HEADS:
-        cfg = load_config(
-            DetectionConfig,
-            None,
-            [
-                f"model.head={head}",
-                "model.backbone.name=r18",
-                "model.backbone.weights=null",
-                f"model.roi_heads.pooler_resolution={7 if head == 'fpn' else 14}",
-                "model.roi_heads.score_thresh=0.05",
-                "model.rpn.pre_nms_topk_test=200",
-                "model.rpn.post_nms_topk_test=20",
-                "input.min_size_test=80",
-                "input.max_size_test=112",
-                "test.batch_size=1",
-                "dataloader.num_workers=0",
-                f"datasets.root={data_root}",
-                "datasets.test=[shapes_val]",
-            ],
+    """One run folder per head, as train_det.py leaves it, trained on the AP_IMAGES shapes_val images
+    that the parity tests compare: the AP to agree on is then far from 0 after a short run (the two
+    heads train side by side, a core each). Parity is under test here, not generalisation."""
+    records, _ = get_dataset("shapes_val", root=data_root)
+    folder = Path(records[0]["file_name"]).parents[1]
+    coco = json.loads((folder / "annotations" / "instances_val.json").read_text())
+    ids = {r["image_id"] for r in records[:AP_IMAGES]}
+    coco["images"] = [image for image in coco["images"] if image["id"] in ids]
+    coco["annotations"] = [a for a in coco["annotations"] if a["image_id"] in ids]
+    split = tmp_path_factory.mktemp("split") / "val8.json"
+    split.write_text(json.dumps(coco))
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    folders = {head: tmp_path_factory.mktemp(f"run_{head}") / "run" for head in HEADS}
+    procs = {
+        head: subprocess.Popen(
+            train_command(head, split, folder / "val", folders[head]),
+            cwd=REPO,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
         )
-        torch.manual_seed(0)
-        model = build_detector(cfg, len(CLASS_NAMES))
-        out = tmp_path_factory.mktemp(f"run_{head}")
-        (out / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
-        meta = {
-            "kind": "detection",
-            "arch": "r18",
-            "head": head,
-            "num_classes": len(CLASS_NAMES),
-            "class_names": list(CLASS_NAMES),
-            "label_to_category_id": {1: 1, 2: 2, 3: 3},
-            "input_format": {
-                "channel_order": "RGB",
-                "pixel_mean": [123.675, 116.28, 103.53],
-                "pixel_std": [58.395, 57.12, 57.375],
-            },
-        }
-        torch.save({"model": model.state_dict(), "iteration": 1, "meta": meta}, out / "model_final.pth")
-        folders[head] = out
+        for head in HEADS
+    }
+    for head, proc in procs.items():
+        _, err = proc.communicate(timeout=900)
+        assert proc.returncode == 0, f"training {head} failed:\n{err[-3000:]}"
     return folders
 
 
@@ -173,6 +209,7 @@ def test_exported_detections_and_ap_match_pytorch_on_shapes_val(runs, exported, 
         )["summary"]["AP"]
         for dets in (refs, outs)
     ]
+    assert ap[0] > MIN_AP[head], f"the trained {head} model's AP is {ap[0]:.3f}: too close to 0 to compare"
     assert abs(ap[0] - ap[1]) <= 0.001, ap
 
 
@@ -257,7 +294,7 @@ def test_tools_export_infer_and_eval_with_model(runs, exported, shapes_val, tmp_
     tool("eval").main(["--model", model, "--dataset", "val3", "--output", str(tmp_path / "report"), *split])
     report = json.loads((tmp_path / "report" / "report.json").read_text())
     assert report["dataset"] == "val3" and report["checkpoint"] == model and "AP" in report["summary"]
-    assert report["num_images"] == 3 if "num_images" in report else True
+    assert report["num_images"] == 3
 
 
 def test_bad_input_gets_one_line_errors(runs, exported, tmp_path, capsys, monkeypatch):
