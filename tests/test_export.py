@@ -28,6 +28,7 @@ from resnet_det.engine.predictor import Predictor, load_detector
 from resnet_det.evaluation import evaluate_detections
 
 pytest.importorskip("onnxruntime", reason="the export extra (pip install -e .[export]) is not installed")
+pytestmark = pytest.mark.slow  # the module's fixture trains a detector per head (about 2 minutes)
 
 REPO = Path(__file__).resolve().parents[1]
 HEADS = ("c4", "fpn")

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 from data_fixtures import make_image_folder
-from test_train_det import TINY, write_tiny_coco
+from test_train_det import tiny_det_args, write_tiny_coco
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
@@ -68,27 +68,20 @@ def det_cmd(ann, images, head, output):
     return [
         sys.executable,
         str(REPO / "tools/train_det.py"),
-        "--head",
-        head,
-        "--backbone",
-        "r18",
-        "--train-json",
-        str(ann),
-        "--train-images",
-        str(images),
-        "--output",
-        str(output),
-        "--max-iter",
-        str(MAX_ITER),
-        "--batch-size",
-        "2",
-        "--lr",
-        "0.01",
-        *TINY,
-        "datasets.test=[]",
-        "dataloader.num_workers=2",
-        "train.checkpoint_period=2",
-        "train.max_checkpoints_kept=2",
+        *tiny_det_args(
+            ann,
+            images,
+            output,
+            "--max-iter",
+            str(MAX_ITER),
+            "datasets.test=[]",
+            "dataloader.num_workers=2",
+            "train.checkpoint_period=2",
+            "train.max_checkpoints_kept=2",
+            head=head,
+            val=False,
+            lr=0.01,
+        ),
     ]
 
 

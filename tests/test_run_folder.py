@@ -15,7 +15,7 @@ import pytest
 import yaml
 from data_fixtures import make_image_folder
 from test_engine_run_lock import folder_hashes
-from test_train_det import ENV, REPO, TINY, run_tool, write_tiny_coco
+from test_train_det import ENV, REPO, run_tool, tiny_det_args, write_tiny_coco
 
 from resnet_det.engine.predictor import load_detector
 
@@ -26,30 +26,7 @@ def tiny_coco(tmp_path_factory):
 
 
 def _det_args(tiny_coco, output: Path, *extra: str) -> list:
-    ann, images = tiny_coco
-    return [
-        "--head",
-        "fpn",
-        "--backbone",
-        "r18",
-        "--train-json",
-        str(ann),
-        "--train-images",
-        str(images),
-        "--val-json",
-        str(ann),
-        "--val-images",
-        str(images),
-        "--output",
-        str(output),
-        "--batch-size",
-        "2",
-        "--lr",
-        "0.005",
-        *TINY,
-        "train.checkpoint_period=2",
-        *extra,
-    ]
+    return tiny_det_args(*tiny_coco, output, "train.checkpoint_period=2", *extra)
 
 
 @pytest.fixture(scope="module")

@@ -66,6 +66,18 @@ TINY = [
 ]
 
 
+def tiny_det_args(ann, images, output, *extra: str, head="fpn", val=True, batch_size=2, lr=0.005) -> list:
+    """train_det.py's arguments for a TINY r18 run on ``ann``/``images`` (also its validation set,
+    unless ``val`` is false), then ``extra`` (a later flag or override wins)."""
+    data = ["--train-json", str(ann), "--train-images", str(images)]
+    if val:
+        data += ["--val-json", str(ann), "--val-images", str(images)]
+    return [
+        *("--head", head, "--backbone", "r18", *data, "--output", str(output)),
+        *("--batch-size", str(batch_size), "--lr", str(lr), *TINY, *extra),
+    ]
+
+
 def run_tool(args, timeout=600):
     proc = subprocess.run(
         [sys.executable, str(REPO / "tools/train_det.py"), *args],
@@ -94,32 +106,18 @@ def test_both_heads_train_and_the_loss_falls(tmp_path, tiny_coco, head):
     ann, images = tiny_coco
     out = tmp_path / "run"
     proc = run_tool(
-        [
-            "--head",
-            head,
-            "--backbone",
-            "r18",
-            "--train-json",
-            str(ann),
-            "--train-images",
-            str(images),
-            "--val-json",
-            str(ann),
-            "--val-images",
-            str(images),
-            "--output",
-            str(out),
+        tiny_det_args(
+            ann,
+            images,
+            out,
             "--max-iter",
             "20",
-            "--batch-size",
-            "6",
-            "--lr",
-            "0.005",
-            *TINY,
             "input.hflip_prob=0",
             "solver.clip_grad_norm=5.0",
             "train.checkpoint_period=10",
-        ]
+            head=head,
+            batch_size=6,
+        )
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     values = losses(out)
@@ -148,27 +146,15 @@ def test_both_heads_train_and_the_loss_falls(tmp_path, tiny_coco, head):
 def test_resumed_run_equals_uninterrupted(tmp_path, tiny_coco):
     """Stop at iteration 3 (a finished 3-iteration run), resume to 6: the same weights as 6 straight."""
     ann, images = tiny_coco
-    common = [
-        "--head",
-        "fpn",
-        "--backbone",
-        "r18",
-        "--train-json",
-        str(ann),
-        "--train-images",
-        str(images),
-        "--batch-size",
-        "2",
-        "--lr",
-        "0.01",
-        *TINY,
-        "datasets.test=[]",
-        "train.checkpoint_period=3",
-    ]
+
+    def args(output, max_iter, *extra):
+        extra = ("--max-iter", max_iter, "datasets.test=[]", "train.checkpoint_period=3", *extra)
+        return tiny_det_args(ann, images, output, *extra, val=False, lr=0.01)
+
     straight, split = tmp_path / "straight", tmp_path / "split"
-    assert run_tool([*common, "--output", str(straight), "--max-iter", "6"]).returncode == 0
-    assert run_tool([*common, "--output", str(split), "--max-iter", "3"]).returncode == 0
-    proc = run_tool([*common, "--output", str(split), "--max-iter", "6", "--resume"])
+    assert run_tool(args(straight, "6")).returncode == 0
+    assert run_tool(args(split, "3")).returncode == 0
+    proc = run_tool(args(split, "6", "--resume"))
     assert proc.returncode == 0, proc.stderr[-3000:]
     a = torch.load(straight / "model_final.pth", weights_only=False)["model"]
     b = torch.load(split / "model_final.pth", weights_only=False)["model"]
@@ -200,29 +186,7 @@ def test_torchrun_two_processes_gloo(tmp_path, tiny_coco):
             "--nproc_per_node=2",
             "--master_port=29517",
             str(REPO / "tools/train_det.py"),
-            "--head",
-            "fpn",
-            "--backbone",
-            "r18",
-            "--train-json",
-            str(ann),
-            "--train-images",
-            str(images),
-            "--val-json",
-            str(ann),
-            "--val-images",
-            str(images),
-            "--output",
-            str(out),
-            "--max-iter",
-            "3",
-            "--batch-size",
-            "2",
-            "--lr",
-            "0.01",
-            "--device",
-            "cpu",
-            *TINY,
+            *tiny_det_args(ann, images, out, "--max-iter", "3", "--device", "cpu", lr=0.01),
         ],
         cwd=REPO,
         env=ENV,
@@ -240,31 +204,7 @@ def test_torchrun_two_processes_gloo(tmp_path, tiny_coco):
 def test_real_coco_mini_through_own_data_path(tmp_path, shared_data):
     coco = shared_data / "coco_mini"
     out = tmp_path / "coco"
-    proc = run_tool(
-        [
-            "--head",
-            "fpn",
-            "--backbone",
-            "r18",
-            "--train-json",
-            str(coco / "annotations.json"),
-            "--train-images",
-            str(coco / "images"),
-            "--val-json",
-            str(coco / "annotations.json"),
-            "--val-images",
-            str(coco / "images"),
-            "--output",
-            str(out),
-            "--max-iter",
-            "4",
-            "--batch-size",
-            "2",
-            "--lr",
-            "0.005",
-            *TINY,
-        ]
-    )
+    proc = run_tool(tiny_det_args(coco / "annotations.json", coco / "images", out, "--max-iter", "4"))
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert all(np.isfinite(losses(out)))
     meta = torch.load(out / "model_final.pth", weights_only=False)["meta"]
