@@ -290,6 +290,24 @@ class _Tracked:
             return True
         return value > self.best + self.min_delta if self.mode == "max" else value < self.best - self.min_delta
 
+    def update(self, metrics: Optional[Mapping[str, float]], iteration: int) -> Optional[tuple]:
+        """``(key, value, improved)`` of this step's evaluation (None when none ran); an improvement
+        becomes the best, at ``iteration``, and ``key`` the metric (the one of "a|b" reported)."""
+        found = self.read(metrics)
+        if found is None:
+            return None
+        key, value = found
+        improved = self.improves(value)
+        if improved:
+            self.metric, self.best, self.best_iter = key, value, iteration
+        return key, value, improved
+
+    def state_dict(self) -> Dict[str, Any]:
+        return {"best": self.best, "best_iter": self.best_iter}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.best, self.best_iter = state["best"], state["best_iter"]
+
 
 class BestCheckpoint(HookBase):
     """``model_best.pth``: the weights evaluated (the EMA's when they are) at the evaluation with the
@@ -300,14 +318,10 @@ class BestCheckpoint(HookBase):
 
     def after_step(self) -> None:
         t = self.trainer
-        found = self.tracked.read(t.eval_metrics)
-        if found is None:
+        update = self.tracked.update(t.eval_metrics, t.iter)
+        if update is None or not update[2]:
             return
-        key, value = found
-        if not self.tracked.improves(value):
-            return
-        self.tracked.best, self.tracked.best_iter = value, t.iter
-        self.tracked.metric = key
+        key, value, _ = update
         if t.dist.is_main:
             state = {
                 "model": t.eval_module.state_dict(),
@@ -329,14 +343,11 @@ class BestCheckpoint(HookBase):
         }
 
     def state_dict(self) -> Dict[str, Any]:
-        return {"metric": self.tracked.metric, "best": self.tracked.best, "best_iter": self.tracked.best_iter}
+        return {"metric": self.tracked.metric, **self.tracked.state_dict()}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        self.tracked.metric, self.tracked.best, self.tracked.best_iter = (
-            state["metric"],
-            state["best"],
-            state["best_iter"],
-        )
+        self.tracked.load_state_dict(state)
+        self.tracked.metric = state["metric"]
 
 
 class EarlyStopping(HookBase):
@@ -353,12 +364,12 @@ class EarlyStopping(HookBase):
 
     def after_step(self) -> None:
         t = self.trainer
-        found = self.tracked.read(t.eval_metrics)
-        if found is None:
+        update = self.tracked.update(t.eval_metrics, t.iter)
+        if update is None:
             return
-        key, value = found
-        if self.tracked.improves(value):
-            self.tracked.best, self.tracked.best_iter, self.bad_evals = value, t.iter, 0
+        key, _, improved = update
+        if improved:
+            self.bad_evals = 0
             return
         self.bad_evals += 1
         if self.bad_evals >= self.patience and t.iter < t.max_iter:
@@ -368,14 +379,11 @@ class EarlyStopping(HookBase):
             )
 
     def state_dict(self) -> Dict[str, Any]:
-        return {"best": self.tracked.best, "best_iter": self.tracked.best_iter, "bad_evals": self.bad_evals}
+        return {**self.tracked.state_dict(), "bad_evals": self.bad_evals}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        self.tracked.best, self.tracked.best_iter, self.bad_evals = (
-            state["best"],
-            state["best_iter"],
-            state["bad_evals"],
-        )
+        self.tracked.load_state_dict(state)
+        self.bad_evals = state["bad_evals"]
 
 
 # -- 7. and 8. Checkpoints and signals --------------------------------------------------------------
